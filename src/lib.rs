@@ -1,0 +1,19 @@
+//! kestrel: an embedded inference runtime for robots.
+//!
+//! - [`format`]: the `.kpak` container (memory-mapped, checked, zero-copy).
+//! - [`tensor`]: weight formats and their byte layout, shared by every backend.
+//! - [`quant`]: quantizers and the float64 reference dequantizer.
+//! - [`backend`]: the CPU kernels (always built) and the WGSL kernels on wgpu.
+//! - [`selftest`] and [`bench`]: the checks and measurements the CLI runs on a board.
+
+pub mod backend;
+pub mod bench;
+pub mod error;
+pub mod format;
+pub mod quant;
+pub mod rng;
+pub mod selftest;
+pub mod tensor;
+pub mod tol;
+
+pub use error::{Error, Result};

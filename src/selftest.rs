@@ -1,0 +1,1 @@
+//! Self-test (filled in below).
