@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod demo;
 pub mod error;
 pub mod format;
 pub mod quant;

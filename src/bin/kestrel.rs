@@ -1,1 +1,386 @@
-fn main() {}
+//! The kestrel command-line tool. Every command that reports numbers takes `--json` and prints one
+//! JSON object on stdout; errors exit with status 1 and one `error: ...` line on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use kestrel::backend::gpu::{GpuContext, GpuOptions, Reduction};
+use kestrel::backend::BackendKind;
+use kestrel::bench::{self, BenchConfig};
+use kestrel::format::{Kpak, Verify};
+use kestrel::rng::SplitMix64;
+use kestrel::selftest::{self, KernelCheck};
+use kestrel::tensor::Scheme;
+use kestrel::tol::{rel_l2, Tol};
+use kestrel::{Error, Result};
+
+#[derive(Parser)]
+#[command(name = "kestrel", version, about = "Embedded inference runtime for robots")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BackendArg {
+    Cpu,
+    Gpu,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum VerifyArg {
+    Full,
+    Structure,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BenchKind {
+    Gemv,
+    Gemm,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ReductionArg {
+    Shared,
+    Subgroup,
+}
+
+#[derive(clap::Args)]
+struct GpuArgs {
+    /// Allow a software GPU adapter such as lavapipe (also KESTREL_ALLOW_SOFTWARE_GPU=1).
+    #[arg(long)]
+    allow_software: bool,
+}
+
+impl GpuArgs {
+    fn context(&self) -> Result<GpuContext> {
+        let mut opts = GpuOptions::from_env();
+        opts.allow_software |= self.allow_software;
+        GpuContext::new(&opts)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a .kpak file: header, metadata, and the tensor table with checksum status.
+    Info {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Switch int8 masters to this many bits (8, 4 or 2) and show the derived formats.
+        #[arg(long)]
+        bits: Option<u32>,
+    },
+    /// Check every kernel and format on fresh random data against a float64 reference.
+    Selftest {
+        #[arg(long, value_enum, default_value = "all")]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+        /// Also verify this model and check each of its matrices on every backend.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Bit width for the model's int8 masters (8, 4 or 2).
+        #[arg(long)]
+        bits: Option<u32>,
+        /// Seed for the random data (default: from the clock, fresh every run).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Measure GEMV / GEMM against the device's copy bandwidth.
+    Bench {
+        #[arg(value_enum)]
+        kind: BenchKind,
+        /// f32, f16, q8, q4 (= q4g128), q4g32, q4g64, q4g128, fp4 (= MXFP4), fp4g64-f16, ...
+        #[arg(long, default_value = "q4")]
+        weights: String,
+        #[arg(long, default_value_t = 4096)]
+        n: usize,
+        #[arg(long, default_value_t = 4096)]
+        k: usize,
+        /// Activation rows (GEMM only).
+        #[arg(long, default_value_t = 64)]
+        m: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// GPU reduction variant (default: the best the device has).
+        #[arg(long, value_enum)]
+        reduction: Option<ReductionArg>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Write the demo model (models/demo-mlp.kpak) from its seed.
+    DemoModel {
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = kestrel::demo::DEMO_SEED)]
+        seed: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first} (see kestrel --help)");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Info { file, json, bits } => info(&file, json, bits),
+        Command::Selftest { backend, json, model, bits, seed, gpu } => selftest_cmd(backend, json, model, bits, seed, &gpu),
+        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, json, gpu } => {
+            let backend = match backend {
+                BackendArg::Cpu => BackendKind::Cpu,
+                BackendArg::Gpu => BackendKind::Gpu,
+                BackendArg::All => return Err(Error::InvalidArgument { reason: "bench runs one backend: cpu or gpu".into() }),
+            };
+            let cfg = BenchConfig {
+                scheme: Scheme::parse(&weights)?,
+                n,
+                k,
+                m: if kind == BenchKind::Gemv { 1 } else { m },
+                backend,
+                runs,
+                reduction: reduction.map(|r| match r {
+                    ReductionArg::Shared => Reduction::Shared,
+                    ReductionArg::Subgroup => Reduction::Subgroup,
+                }),
+            };
+            bench_cmd(&cfg, json, &gpu)
+        }
+        Command::DemoModel { out, seed } => {
+            kestrel::demo::build_demo_model(seed)?.write(&out)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
+    // Open with the structure checked, then hash each tensor so the table can show which
+    // tensor is damaged rather than stopping at the first.
+    let pak = Kpak::open(file, Verify::Structure)?;
+    let data = pak.sections().iter().find(|s| s.kind == kestrel::format::SectionKind::Data).copied();
+    let data_ok = data.is_some_and(|s| kestrel::format::crc32(&pak.bytes()[s.offset as usize..(s.offset + s.len) as usize]) == s.crc32);
+    let mut rows = Vec::new();
+    let mut all_ok = data_ok;
+    for t in pak.tensors() {
+        let status = match pak.verify_tensor(t) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => {
+                all_ok = false;
+                e.to_string()
+            }
+        };
+        let format = match (bits, t.bitswitch_master) {
+            (Some(b), true) => format!("{} -> {}", t.scheme.label(), pak.matrix_at_bits(&t.name, Some(b))?.view().scheme.label()),
+            _ => t.scheme.label(),
+        };
+        rows.push((t, format, status));
+    }
+    let (major, minor) = pak.version();
+    if json {
+        let tensors: Vec<Value> = rows
+            .iter()
+            .map(|(t, format, status)| {
+                json!({
+                    "name": t.name, "format": format, "shape": t.shape, "bytes": t.bytes(),
+                    "lorc_rank": t.lorc_rank, "bitswitch_master": t.bitswitch_master,
+                    "checksum": status,
+                    "components": t.components.iter().map(|c| json!({
+                        "kind": c.kind.name(), "offset": c.offset, "bytes": c.len, "crc32": format!("{:08x}", c.crc32)
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let meta: serde_json::Map<String, Value> = pak.metadata().iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let out = json!({
+            "file": file.display().to_string(),
+            "version": format!("{major}.{minor}"),
+            "file_bytes": pak.bytes().len(),
+            "sections": pak.sections().iter().map(|s| json!({"kind": s.kind.name(), "offset": s.offset, "bytes": s.len, "crc32": format!("{:08x}", s.crc32)})).collect::<Vec<_>>(),
+            "data_checksum": if data_ok { "ok" } else { "mismatch" },
+            "metadata": meta,
+            "tensors": tensors,
+            "verified": all_ok,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+    } else {
+        println!("{}: .kpak {major}.{minor}, {} bytes, {} tensors", file.display(), pak.bytes().len(), pak.tensors().len());
+        for s in pak.sections() {
+            println!("  section {:<8} offset {:>8}  {:>10} bytes  crc32 {:08x}", s.kind.name(), s.offset, s.len, s.crc32);
+        }
+        println!("  data checksum: {}", if data_ok { "ok" } else { "MISMATCH" });
+        println!("metadata:");
+        for (k, v) in pak.metadata() {
+            println!("  {k}: {v}");
+        }
+        println!("tensors:");
+        println!("  {:<24} {:<34} {:<14} {:>10}  {:<6} checksum", "name", "format", "shape", "bytes", "lorc");
+        for (t, format, status) in &rows {
+            let lorc = if t.lorc_rank > 0 { format!("r{}", t.lorc_rank) } else { "-".into() };
+            let master = if t.bitswitch_master { " (int8 master)" } else { "" };
+            println!("  {:<24} {:<34} {:<14} {:>10}  {:<6} {status}", t.name, format!("{format}{master}"), format!("{:?}", t.shape), t.bytes(), lorc);
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn kernel_json(k: &KernelCheck) -> Value {
+    let name = match k.variant {
+        Some(v) => format!("{}/{}", k.name, v.name()),
+        None => k.name.clone(),
+    };
+    json!({
+        "name": name, "backend": k.backend.name(), "format": k.format,
+        "rel_err": if k.rel_err.is_finite() { json!(k.rel_err) } else { json!(null) },
+        "tol": k.tol.rel_l2, "ok": k.ok, "error": k.error,
+    })
+}
+
+fn selftest_cmd(backend: BackendArg, json: bool, model: Option<PathBuf>, bits: Option<u32>, seed: Option<u64>, gpu_args: &GpuArgs) -> Result<ExitCode> {
+    let backends: Vec<BackendKind> = match backend {
+        BackendArg::Cpu => vec![BackendKind::Cpu],
+        BackendArg::Gpu => vec![BackendKind::Gpu],
+        BackendArg::All => vec![BackendKind::Cpu, BackendKind::Gpu],
+    };
+    let seed = seed.unwrap_or_else(|| SplitMix64::from_time().next_u64());
+    // A GPU that was asked for but cannot be opened is a failure, reported as a failed check.
+    let mut gpu_error = None;
+    let ctx = if backends.contains(&BackendKind::Gpu) {
+        match gpu_args.context() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                gpu_error = Some(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut report = selftest::run(&backends, ctx.as_ref(), seed)?;
+    if let Some(e) = &gpu_error {
+        report.kernels.push(KernelCheck {
+            name: "open GPU".into(),
+            backend: BackendKind::Gpu,
+            variant: None,
+            format: "-".into(),
+            rel_err: f64::INFINITY,
+            tol: Tol::QUANT,
+            ok: false,
+            error: Some(e.clone()),
+        });
+    }
+    if let Some(path) = &model {
+        report.kernels.extend(check_model(path, bits, &backends, ctx.as_ref(), seed)?);
+    }
+    let passed = report.passed();
+    if json {
+        let out = json!({
+            "passed": passed,
+            "adapter": report.adapter.clone().unwrap_or_else(|| "none".into()),
+            "seed": seed,
+            "kernels": report.kernels.iter().map(kernel_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+    } else {
+        println!("kestrel selftest (seed {seed}), GPU adapter: {}", report.adapter.as_deref().unwrap_or("none"));
+        for k in &report.kernels {
+            let variant = k.variant.map_or(String::new(), |v| format!("/{}", v.name()));
+            let status = if k.ok { "ok  " } else { "FAIL" };
+            let detail = k.error.as_deref().map_or(String::new(), |e| format!("  ({e})"));
+            println!("  {status} {:<4} {:<14} {:<34} rel_err {:>9.2e} (tol {:.0e}){detail}", k.backend.name(), k.format, format!("{}{variant}", k.name), k.rel_err, k.tol.rel_l2);
+        }
+        let failed = report.kernels.iter().filter(|k| !k.ok).count();
+        println!("{} passed, {} failed", report.kernels.len() - failed, failed);
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Verifies a model fully and checks every matrix on every backend against the f64 reference.
+fn check_model(path: &PathBuf, bits: Option<u32>, backends: &[BackendKind], gpu: Option<&GpuContext>, seed: u64) -> Result<Vec<KernelCheck>> {
+    let pak = Kpak::open(path, Verify::Full)?;
+    let mut rng = SplitMix64::new(seed ^ 0x6d6f_6465_6c);
+    let mut out = Vec::new();
+    for t in pak.tensors().iter().filter(|t| t.shape.len() == 2) {
+        let loaded = pak.matrix_at_bits(&t.name, bits)?;
+        let w = loaded.view();
+        let x = rng.normal_vec(w.k);
+        let reference = kestrel::quant::reference_gemv(&w, &x);
+        let mut push = |backend, variant, y: Result<Vec<f32>>| {
+            let (rel_err, error) = match y {
+                Ok(y) => (rel_l2(&y, &reference), None),
+                Err(e) => (f64::INFINITY, Some(e.to_string())),
+            };
+            out.push(KernelCheck {
+                name: format!("model:{}", t.name),
+                backend,
+                variant,
+                format: w.scheme.label(),
+                rel_err,
+                tol: Tol::QUANT,
+                ok: error.is_none() && Tol::QUANT.accepts(rel_err),
+                error,
+            });
+        };
+        if backends.contains(&BackendKind::Cpu) {
+            let mut y = vec![0f32; w.n];
+            push(BackendKind::Cpu, None, kestrel::backend::cpu::gemv(&w, &x, &mut y).map(|_| y));
+        }
+        if let (true, Some(ctx)) = (backends.contains(&BackendKind::Gpu), gpu) {
+            for r in kestrel::backend::gpu::available_reductions(ctx) {
+                push(BackendKind::Gpu, Some(r), kestrel::backend::gpu::matmul_once(ctx, &w, &x, 1, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bench_cmd(cfg: &BenchConfig, json: bool, gpu_args: &GpuArgs) -> Result<ExitCode> {
+    let ctx = if cfg.backend == BackendKind::Gpu { Some(gpu_args.context()?) } else { None };
+    let r = bench::run(cfg, ctx.as_ref())?;
+    let kind = if cfg.m == 1 { "gemv" } else { "gemm" };
+    if json {
+        let out = json!({
+            "kind": kind, "backend": cfg.backend.name(), "device": r.device, "variant": r.variant,
+            "weights": cfg.scheme.label(), "n": cfg.n, "k": cfg.k, "m": cfg.m, "runs": cfg.runs,
+            "median_us": r.median_us, "min_us": r.min_us, "bytes": r.bytes,
+            "gbps": r.gbps, "copy_gbps": r.copy_gbps, "ratio": r.ratio, "gflops": r.gflops,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "{kind} {} n={} k={} m={} on {} [{}]: median {:.1} us, {:.2} GB/s, copy {:.2} GB/s, ratio {:.3}, {:.2} GFLOP/s",
+            cfg.scheme.label(), cfg.n, cfg.k, cfg.m, r.device, r.variant, r.median_us, r.gbps, r.copy_gbps, r.ratio, r.gflops
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -11,7 +11,15 @@ use crate::error::{Error, Result};
 use crate::quant::MAX_LORC_RANK;
 use crate::tensor::MatrixView;
 
-pub use rows::{decode_row, row_dot};
+pub use rows::{decode_row, prepare_x, row_dot, row_dot_prepared, PreparedX};
+
+use std::cell::RefCell;
+
+thread_local! {
+    /// Per-thread activation scratch: grows to the largest K seen, then is reused, so steady-state
+    /// products do not allocate.
+    static X_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Below this many weight elements a product runs on the calling thread: spawning costs more.
 const PARALLEL_THRESHOLD: usize = 1 << 18;
@@ -55,10 +63,14 @@ where
 /// y = W x (+ U (V^T x) when the matrix carries LoRC factors). `x` has k values, `y` n.
 pub fn gemv(w: &MatrixView, x: &[f32], y: &mut [f32]) -> Result<()> {
     check_shapes("gemv", w, x.len(), y.len(), 1)?;
-    for_row_chunks(w.n, w.k, 1, y, |rows, out| {
-        for (r, o) in rows.zip(out.iter_mut()) {
-            *o = row_dot(w, r, x);
-        }
+    X_SCRATCH.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let px = prepare_x(w.scheme, x, &mut buf);
+        for_row_chunks(w.n, w.k, 1, y, |rows, out| {
+            for (r, o) in rows.zip(out.iter_mut()) {
+                *o = row_dot_prepared(w, r, &px);
+            }
+        });
     });
     if let Some((v, u)) = w.lorc_matrices() {
         let mut t = [0f32; MAX_LORC_RANK];
