@@ -1,0 +1,185 @@
+//! The command-line contract: JSON keys other code relies on, exit codes, one-line errors, and
+//! the shipped demo model.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kestrel::format::{Kpak, KpakWriter, Verify};
+use kestrel::tensor::{LorcFactors, PackedMatrix};
+use serde_json::Value;
+
+fn kestrel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kestrel")).args(args).env("RUST_LOG", "off").output().expect("run kestrel")
+}
+
+fn demo_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo-mlp.kpak")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// stderr lines from kestrel itself (Mesa's lavapipe may add its own warnings).
+fn kestrel_errors(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).map(str::to_string).collect()
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = kestrel_errors(out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{lines:?}");
+}
+
+#[test]
+fn info_reports_the_demo_model_as_json() {
+    let path = demo_model();
+    let v = json_of(&kestrel(&["info", path.to_str().unwrap(), "--json"]));
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["metadata"]["name"], "demo-mlp");
+    let tensors = v["tensors"].as_array().unwrap();
+    let names: Vec<&str> = tensors.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]);
+    let fc1 = &tensors[0];
+    assert_eq!(fc1["format"], "q4g32");
+    assert_eq!(fc1["lorc_rank"], 8);
+    assert_eq!(fc1["checksum"], "ok");
+    assert_eq!(tensors[2]["format"], "fp4g32-e8m0");
+    assert_eq!(tensors[4]["bitswitch_master"], true);
+    for t in tensors {
+        for c in t["components"].as_array().unwrap() {
+            assert_eq!(c["offset"].as_u64().unwrap() % 256, 0, "{t}");
+        }
+    }
+    let switched = json_of(&kestrel(&["info", path.to_str().unwrap(), "--json", "--bits", "4"]));
+    assert_eq!(switched["tensors"][4]["format"], "q8 -> q4g128-sym");
+}
+
+#[test]
+fn info_names_the_damaged_tensor_and_fails() {
+    let bytes = std::fs::read(demo_model()).unwrap();
+    let pak = Kpak::from_bytes(&bytes, Verify::Full).unwrap();
+    let c = pak.tensor("fc2.weight").unwrap().components[0];
+    let mut damaged = bytes.clone();
+    damaged[c.offset as usize + 5] ^= 0x10;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.kpak");
+    std::fs::write(&path, &damaged).unwrap();
+    let out = kestrel(&["info", path.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert!(v["tensors"][2]["checksum"].as_str().unwrap().contains("fc2.weight"));
+    assert_eq!(v["tensors"][0]["checksum"], "ok");
+}
+
+#[test]
+fn errors_are_one_line_with_exit_status_1() {
+    assert_one_line_error(&kestrel(&["info", "/nonexistent/model.kpak"]), "/nonexistent/model.kpak");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("text.kpak");
+    std::fs::write(&path, b"this is not a model").unwrap();
+    assert_one_line_error(&kestrel(&["info", path.to_str().unwrap()]), "bad magic");
+    let truncated = dir.path().join("truncated.kpak");
+    std::fs::write(&truncated, &std::fs::read(demo_model()).unwrap()[..5000]).unwrap();
+    assert_one_line_error(&kestrel(&["info", truncated.to_str().unwrap()]), "truncated");
+    assert_one_line_error(&kestrel(&["bench", "gemv", "--weights", "q3"]), "unknown weight format 'q3'");
+    assert_one_line_error(&kestrel(&["bench", "gemv", "--n", "zero"]), "");
+    assert_one_line_error(&kestrel(&["frobnicate"]), "");
+}
+
+#[test]
+fn selftest_json_on_cpu_and_gpu_with_the_demo_model() {
+    let path = demo_model();
+    let v = json_of(&kestrel(&["selftest", "--json", "--allow-software", "--model", path.to_str().unwrap()]));
+    assert_eq!(v["passed"], true);
+    assert!(v["adapter"].as_str().unwrap() != "none");
+    let kernels = v["kernels"].as_array().unwrap();
+    for backend in ["cpu", "gpu"] {
+        for format in ["f32", "f16", "q8", "q4g32", "q4g64-sym", "q4g128", "fp4g32-e8m0", "fp4g64-f16"] {
+            assert!(kernels.iter().any(|k| k["backend"] == backend && k["format"] == format), "{backend} {format}");
+        }
+    }
+    for k in kernels {
+        for key in ["name", "backend", "format", "rel_err", "tol", "ok"] {
+            assert!(k.get(key).is_some(), "{key} missing in {k}");
+        }
+        assert!(k["rel_err"].as_f64().unwrap() <= k["tol"].as_f64().unwrap());
+    }
+    assert!(kernels.iter().any(|k| k["name"].as_str().unwrap().starts_with("model:fc1.weight")));
+}
+
+#[test]
+fn selftest_fails_when_the_gpu_is_asked_for_but_not_allowed() {
+    // Without --allow-software, lavapipe is refused: a GPU selftest must then fail, not pass by
+    // testing nothing. (On a machine with a hardware GPU this case does not apply.)
+    let probe = kestrel::backend::gpu::GpuContext::new(&kestrel::backend::gpu::GpuOptions { allow_software: false });
+    if probe.is_ok() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel")).args(["selftest", "--backend", "gpu", "--json"]).env_remove("KESTREL_ALLOW_SOFTWARE_GPU").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+}
+
+#[test]
+fn bench_reports_ratios_against_copy_bandwidth() {
+    for backend in ["cpu", "gpu"] {
+        for weights in ["q4", "fp4", "f16"] {
+            let out = kestrel(&["bench", "gemv", "--weights", weights, "--n", "256", "--k", "512", "--runs", "3", "--json", "--backend", backend, "--allow-software"]);
+            let v = json_of(&out);
+            for key in ["median_us", "gbps", "copy_gbps", "ratio"] {
+                let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
+                assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+            }
+            let ratio = v["gbps"].as_f64().unwrap() / v["copy_gbps"].as_f64().unwrap();
+            assert!((ratio - v["ratio"].as_f64().unwrap()).abs() < 1e-9 * ratio.max(1.0));
+        }
+    }
+    let v = json_of(&kestrel(&["bench", "gemm", "--weights", "q8", "--n", "64", "--k", "128", "--m", "8", "--runs", "2", "--json"]));
+    assert_eq!(v["m"], 8);
+}
+
+#[test]
+fn the_demo_model_round_trips_through_the_writer_byte_for_byte() {
+    let bytes = std::fs::read(demo_model()).unwrap();
+    let pak = Kpak::from_bytes(&bytes, Verify::Full).unwrap();
+    let mut w = KpakWriter::new();
+    for (k, v) in pak.metadata() {
+        w.metadata(k, v).unwrap();
+    }
+    for t in pak.tensors() {
+        if t.shape.len() == 2 {
+            let m = pak.matrix(&t.name).unwrap();
+            let packed = PackedMatrix {
+                n: m.n,
+                k: m.k,
+                scheme: m.scheme,
+                main: m.main.to_vec(),
+                aux: m.aux.to_vec(),
+                lorc: m.lorc.map(|l| LorcFactors { rank: l.rank, u: l.u.to_vec(), v: l.v.to_vec() }),
+                bitswitch_master: t.bitswitch_master,
+            };
+            w.add_matrix(&t.name, &packed).unwrap();
+        } else {
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            w.add_f32(&t.name, &shape, &pak.tensor_f32(&t.name).unwrap()).unwrap();
+        }
+    }
+    assert!(w.to_bytes() == bytes, "re-written demo model differs from models/demo-mlp.kpak");
+}
+
+/// The committed file is what `kestrel demo-model` writes. The generator draws normal samples
+/// through libm (ln, cos), so this is checked where the file was made: x86_64 Linux.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn the_demo_model_regenerates_from_its_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.kpak");
+    let status = kestrel(&["demo-model", "--out", out.to_str().unwrap()]);
+    assert!(status.status.success());
+    assert!(std::fs::read(out).unwrap() == std::fs::read(demo_model()).unwrap(), "regenerate with: kestrel demo-model --out models/demo-mlp.kpak");
+}
