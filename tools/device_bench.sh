@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU measurements on a lent NVIDIA machine (the workplace's `device` tool), in one call.
+# Build here first:  cargo build --release
+# Then run there, carrying .gl (the Vulkan loader .debs) and target/release:
+#   bash tools/device_bench.sh
+# Results land in $OUT (or ./device-out): selftest.json, bench.jsonl, torch.json.
+set -u
+out="${OUT:-device-out}"
+mkdir -p "$out"
+for f in .gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES="${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}"
+bin=target/release/kestrel
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$out/gpu.txt"
+
+# Correctness first: every kernel and variant against the f64 reference on this GPU.
+timeout 120 $bin selftest --backend gpu --json > "$out/selftest.json"; echo "selftest exit $?"
+grep -m1 '"passed"' "$out/selftest.json"
+
+# GEMV at the sizes the issue asks for, both reductions, against the WGSL copy ceiling.
+: > "$out/bench.jsonl"
+for size in 8192 16384; do
+  for w in q4 q4g32 fp4 fp4g128-f16 q8 f16; do
+    for red in shared subgroup; do
+      timeout 60 $bin bench gemv --backend gpu --weights $w --n $size --k $size --runs 20 \
+        --reduction $red --json >> "$out/bench.jsonl" || echo "bench $w $size $red failed"
+    done
+  done
+done
+timeout 60 $bin bench gemm --backend gpu --weights q4 --n 4096 --k 4096 --m 256 --json >> "$out/bench.jsonl"
+cat "$out/bench.jsonl"
+
+# Peer figures from PyTorch on the same GPU, same run.
+if python3 -c 'import torch' 2>/dev/null; then
+  timeout 120 python3 tools/torch_gemv_ref.py > "$out/torch.json"; cat "$out/torch.json"
+fi
