@@ -10,9 +10,13 @@ use kestrel::tensor::Scheme;
 fn main() {
     // `cargo test` runs benches in test mode with --bench absent: keep that fast.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let size: usize = std::env::var("KESTREL_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick { 256 } else { 4096 });
+    let size: usize =
+        std::env::var("KESTREL_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick { 256 } else { 4096 });
     let gpu = GpuContext::new(&GpuOptions::from_env()).map_err(|e| eprintln!("GPU benchmarks skipped: {e}")).ok();
-    println!("{:<5} {:<14} {:>6} {:>6} {:>11} {:>9} {:>9} {:>7}", "", "weights", "n", "k", "median_us", "GB/s", "copy", "ratio");
+    println!(
+        "{:<5} {:<14} {:>6} {:>6} {:>11} {:>9} {:>9} {:>7}",
+        "", "weights", "n", "k", "median_us", "GB/s", "copy", "ratio"
+    );
     for backend in [BackendKind::Cpu, BackendKind::Gpu] {
         if backend == BackendKind::Gpu && gpu.is_none() {
             continue;

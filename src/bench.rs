@@ -54,11 +54,28 @@ pub fn bench_matrix(scheme: Scheme, n: usize, k: usize, seed: u64) -> Result<Pac
     quant::quantize(&rng.normal_vec(n * k), n, k, scheme)
 }
 
-fn finish(times_us: &mut [f64], bytes: usize, flops: f64, copy_gbps: f64, device: String, variant: String) -> BenchResult {
+fn finish(
+    times_us: &mut [f64],
+    bytes: usize,
+    flops: f64,
+    copy_gbps: f64,
+    device: String,
+    variant: String,
+) -> BenchResult {
     let median_us = median(times_us);
     let min_us = times_us.iter().copied().fold(f64::INFINITY, f64::min);
     let gbps = bytes as f64 / (median_us * 1e3);
-    BenchResult { median_us, min_us, bytes, gbps, copy_gbps, ratio: gbps / copy_gbps, gflops: flops / (median_us * 1e3), device, variant }
+    BenchResult {
+        median_us,
+        min_us,
+        bytes,
+        gbps,
+        copy_gbps,
+        ratio: gbps / copy_gbps,
+        gflops: flops / (median_us * 1e3),
+        device,
+        variant,
+    }
 }
 
 /// Multi-threaded memcpy bandwidth over buffers of at least `bytes` (and at least 64 MiB, to get
@@ -103,12 +120,24 @@ pub fn bench_cpu(cfg: &BenchConfig, w: &PackedMatrix) -> Result<BenchResult> {
     let bytes = view.weight_bytes() + cfg.m * (cfg.k + cfg.n) * 4;
     let copy = cpu_copy_gbps(view.weight_bytes(), 5);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(finish(&mut times, bytes, 2.0 * (cfg.m * cfg.n * cfg.k) as f64, copy, format!("cpu ({threads} threads)"), "cpu".into()))
+    Ok(finish(
+        &mut times,
+        bytes,
+        2.0 * (cfg.m * cfg.n * cfg.k) as f64,
+        copy,
+        format!("cpu ({threads} threads)"),
+        "cpu".into(),
+    ))
 }
 
 /// Times `encode` (recording `repeat` products) on the GPU: per-product microseconds, median over
 /// `runs` submissions.
-fn time_gpu(ctx: &GpuContext, runs: usize, repeat: usize, encode: impl Fn(&mut wgpu::CommandEncoder, usize)) -> Result<Vec<f64>> {
+fn time_gpu(
+    ctx: &GpuContext,
+    runs: usize,
+    repeat: usize,
+    encode: impl Fn(&mut wgpu::CommandEncoder, usize),
+) -> Result<Vec<f64>> {
     let submit = |repeat: usize| -> Result<f64> {
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
         encode(&mut enc, repeat);
@@ -146,7 +175,14 @@ pub fn bench_gpu(ctx: &GpuContext, cfg: &BenchConfig, w: &PackedMatrix) -> Resul
     let copy_repeat = batch_size(ctx, 20_000.0, &copy_encode)?;
     let mut copy_times = time_gpu(ctx, cfg.runs.max(5), copy_repeat, copy_encode)?;
     let copy_gbps = copy.bytes_moved as f64 / (median(&mut copy_times) * 1e3);
-    Ok(finish(&mut times, plan.bytes_moved, 2.0 * (cfg.m * cfg.n * cfg.k) as f64, copy_gbps, ctx.adapter_name(), reduction.name().into()))
+    Ok(finish(
+        &mut times,
+        plan.bytes_moved,
+        2.0 * (cfg.m * cfg.n * cfg.k) as f64,
+        copy_gbps,
+        ctx.adapter_name(),
+        reduction.name().into(),
+    ))
 }
 
 /// Runs `cfg` on its backend.

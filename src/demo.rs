@@ -25,7 +25,10 @@ pub fn build_demo_model(seed: u64) -> Result<KpakWriter> {
     let mut rng = SplitMix64::new(seed);
     let mut w = KpakWriter::new();
     w.metadata("name", "demo-mlp")?
-        .metadata("description", "3-layer MLP: q4 (group 32, asymmetric) + LoRC rank 8, MXFP4, int8 bit-switching master")?
+        .metadata(
+            "description",
+            "3-layer MLP: q4 (group 32, asymmetric) + LoRC rank 8, MXFP4, int8 bit-switching master",
+        )?
         .metadata("inputs", &format!("x: f32[1, {DEMO_INPUT}]"))?
         .metadata("outputs", &format!("logits: f32[1, {DEMO_OUTPUT}]"))?
         .metadata("graph", "fc1 -> relu -> fc2 -> relu -> fc3")?

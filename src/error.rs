@@ -66,14 +66,7 @@ pub enum Error {
     LimitExceeded { what: &'static str, value: u64, limit: u64 },
 
     #[error("tensor '{tensor}' component {component} (bytes {offset}..{end}) lies outside the data section (bytes {data_start}..{data_end})")]
-    TensorOutOfBounds {
-        tensor: String,
-        component: &'static str,
-        offset: u64,
-        end: u64,
-        data_start: u64,
-        data_end: u64,
-    },
+    TensorOutOfBounds { tensor: String, component: &'static str, offset: u64, end: u64, data_start: u64, data_end: u64 },
 
     #[error("tensor '{tensor}' component {component} at offset {offset} is not aligned to {align} bytes")]
     TensorMisaligned { tensor: String, component: &'static str, offset: u64, align: u64 },

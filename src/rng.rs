@@ -12,9 +12,8 @@ impl SplitMix64 {
 
     /// A seed from the clock, for "fresh random inputs" in self-tests.
     pub fn from_time() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Self::new(nanos)
     }
 

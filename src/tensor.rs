@@ -61,9 +61,15 @@ pub enum Scheme {
     /// int8, symmetric, one f32 scale per output row.
     Q8,
     /// int4 codes 0..15 in groups along K, one packed f16 pair (s, -z*s) per group.
-    Q4 { group: u32, symmetric: bool },
+    Q4 {
+        group: u32,
+        symmetric: bool,
+    },
     /// E2M1 codes in groups along K with one scale per group.
-    Fp4 { group: u32, scale: Fp4Scale },
+    Fp4 {
+        group: u32,
+        scale: Fp4Scale,
+    },
 }
 
 /// Which part of a tensor a component holds.
@@ -141,7 +147,11 @@ impl Scheme {
     /// Parses the CLI names: f32, f16, q8, q4 (= q4g128), q4g32/64/128 (+ `-sym`),
     /// fp4 (= MXFP4: group 32, E8M0 scale), fp4g32/64/128-f16.
     pub fn parse(name: &str) -> Result<Self> {
-        let bad = || Error::InvalidArgument { reason: format!("unknown weight format '{name}' (expected f32, f16, q8, q4, q4g32, q4g64, q4g128, fp4, fp4gNN-f16)") };
+        let bad = || Error::InvalidArgument {
+            reason: format!(
+                "unknown weight format '{name}' (expected f32, f16, q8, q4, q4g32, q4g64, q4g128, fp4, fp4gNN-f16)"
+            ),
+        };
         let scheme = match name {
             "f32" => Scheme::F32,
             "f16" => Scheme::F16,

@@ -18,12 +18,17 @@ fn demo_model() -> PathBuf {
 
 fn json_of(out: &Output) -> Value {
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// stderr lines from kestrel itself (Mesa's lavapipe may add its own warnings).
 fn kestrel_errors(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .map(str::to_string)
+        .collect()
 }
 
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -119,7 +124,11 @@ fn selftest_fails_when_the_gpu_is_asked_for_but_not_allowed() {
     if probe.is_ok() {
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_kestrel")).args(["selftest", "--backend", "gpu", "--json"]).env_remove("KESTREL_ALLOW_SOFTWARE_GPU").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["selftest", "--backend", "gpu", "--json"])
+        .env_remove("KESTREL_ALLOW_SOFTWARE_GPU")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], false);
@@ -129,7 +138,22 @@ fn selftest_fails_when_the_gpu_is_asked_for_but_not_allowed() {
 fn bench_reports_ratios_against_copy_bandwidth() {
     for backend in ["cpu", "gpu"] {
         for weights in ["q4", "fp4", "f16"] {
-            let out = kestrel(&["bench", "gemv", "--weights", weights, "--n", "256", "--k", "512", "--runs", "3", "--json", "--backend", backend, "--allow-software"]);
+            let out = kestrel(&[
+                "bench",
+                "gemv",
+                "--weights",
+                weights,
+                "--n",
+                "256",
+                "--k",
+                "512",
+                "--runs",
+                "3",
+                "--json",
+                "--backend",
+                backend,
+                "--allow-software",
+            ]);
             let v = json_of(&out);
             for key in ["median_us", "gbps", "copy_gbps", "ratio"] {
                 let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
@@ -139,7 +163,21 @@ fn bench_reports_ratios_against_copy_bandwidth() {
             assert!((ratio - v["ratio"].as_f64().unwrap()).abs() < 1e-9 * ratio.max(1.0));
         }
     }
-    let v = json_of(&kestrel(&["bench", "gemm", "--weights", "q8", "--n", "64", "--k", "128", "--m", "8", "--runs", "2", "--json"]));
+    let v = json_of(&kestrel(&[
+        "bench",
+        "gemm",
+        "--weights",
+        "q8",
+        "--n",
+        "64",
+        "--k",
+        "128",
+        "--m",
+        "8",
+        "--runs",
+        "2",
+        "--json",
+    ]));
     assert_eq!(v["m"], 8);
 }
 
@@ -181,5 +219,8 @@ fn the_demo_model_regenerates_from_its_seed() {
     let out = dir.path().join("demo.kpak");
     let status = kestrel(&["demo-model", "--out", out.to_str().unwrap()]);
     assert!(status.status.success());
-    assert!(std::fs::read(out).unwrap() == std::fs::read(demo_model()).unwrap(), "regenerate with: kestrel demo-model --out models/demo-mlp.kpak");
+    assert!(
+        std::fs::read(out).unwrap() == std::fs::read(demo_model()).unwrap(),
+        "regenerate with: kestrel demo-model --out models/demo-mlp.kpak"
+    );
 }

@@ -59,7 +59,11 @@ test_backends!(every_format_and_shape_matches_f64_reference, |backend| {
     let report = selftest::run(&[backend], (backend == BackendKind::Gpu).then(gpu), fresh_seed()).unwrap();
     assert!(!report.kernels.is_empty());
     for k in &report.kernels {
-        assert!(k.ok, "{} {} {:?}: rel_err {:e} > {:e} ({:?})", k.format, k.name, k.variant, k.rel_err, k.tol.rel_l2, k.error);
+        assert!(
+            k.ok,
+            "{} {} {:?}: rel_err {:e} > {:e} ({:?})",
+            k.format, k.name, k.variant, k.rel_err, k.tol.rel_l2, k.error
+        );
     }
 });
 
@@ -83,7 +87,9 @@ test_backends!(gemv_at_group_boundaries, |backend| {
 
 test_backends!(gemm_with_many_rows_and_lorc, |backend| {
     let mut rng = SplitMix64::new(fresh_seed());
-    for scheme in [Scheme::Q4 { group: 64, symmetric: false }, Scheme::Fp4 { group: 32, scale: kestrel::tensor::Fp4Scale::E8M0 }] {
+    for scheme in
+        [Scheme::Q4 { group: 64, symmetric: false }, Scheme::Fp4 { group: 32, scale: kestrel::tensor::Fp4Scale::E8M0 }]
+    {
         let case = make_case(&mut rng, scheme, 37, 45, 300, 4).unwrap();
         for r in reductions(backend) {
             let err = rel_l2(&run_on(backend, &case, r), &case.reference);

@@ -44,7 +44,8 @@ fn every_kernel_module_validates() {
         });
     }
     // The shared-memory variant must not need subgroups (it is the portable fallback).
-    let shared_q4 = shaders::matmul_module(kestrel::tensor::Scheme::Q4 { group: 128, symmetric: false }, Reduction::Shared);
+    let shared_q4 =
+        shaders::matmul_module(kestrel::tensor::Scheme::Q4 { group: 128, symmetric: false }, Reduction::Shared);
     assert!(!shared_q4.contains("subgroup"));
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -61,6 +62,9 @@ fn every_kernel_module_validates() {
 fn the_subgroup_variant_is_rejected_without_the_capability() {
     let src = shaders::matmul_module(kestrel::tensor::Scheme::Q8, Reduction::Subgroup);
     let module = naga::front::wgsl::parse_str(&src).unwrap();
-    let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32);
+    let mut v = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    );
     assert!(v.validate(&module).is_err(), "subgroup builtins must need the SUBGROUP capability");
 }

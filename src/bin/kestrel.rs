@@ -155,12 +155,16 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Info { file, json, bits } => info(&file, json, bits),
-        Command::Selftest { backend, json, model, bits, seed, gpu } => selftest_cmd(backend, json, model, bits, seed, &gpu),
+        Command::Selftest { backend, json, model, bits, seed, gpu } => {
+            selftest_cmd(backend, json, model, bits, seed, &gpu)
+        }
         Command::Bench { kind, weights, n, k, m, backend, runs, reduction, json, gpu } => {
             let backend = match backend {
                 BackendArg::Cpu => BackendKind::Cpu,
                 BackendArg::Gpu => BackendKind::Gpu,
-                BackendArg::All => return Err(Error::InvalidArgument { reason: "bench runs one backend: cpu or gpu".into() }),
+                BackendArg::All => {
+                    return Err(Error::InvalidArgument { reason: "bench runs one backend: cpu or gpu".into() })
+                }
             };
             let cfg = BenchConfig {
                 scheme: Scheme::parse(&weights)?,
@@ -189,7 +193,9 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
     // tensor is damaged rather than stopping at the first.
     let pak = Kpak::open(file, Verify::Structure)?;
     let data = pak.sections().iter().find(|s| s.kind == kestrel::format::SectionKind::Data).copied();
-    let data_ok = data.is_some_and(|s| kestrel::format::crc32(&pak.bytes()[s.offset as usize..(s.offset + s.len) as usize]) == s.crc32);
+    let data_ok = data.is_some_and(|s| {
+        kestrel::format::crc32(&pak.bytes()[s.offset as usize..(s.offset + s.len) as usize]) == s.crc32
+    });
     let mut rows = Vec::new();
     let mut all_ok = data_ok;
     for t in pak.tensors() {
@@ -201,7 +207,9 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
             }
         };
         let format = match (bits, t.bitswitch_master) {
-            (Some(b), true) => format!("{} -> {}", t.scheme.label(), pak.matrix_at_bits(&t.name, Some(b))?.view().scheme.label()),
+            (Some(b), true) => {
+                format!("{} -> {}", t.scheme.label(), pak.matrix_at_bits(&t.name, Some(b))?.view().scheme.label())
+            }
             _ => t.scheme.label(),
         };
         rows.push((t, format, status));
@@ -234,9 +242,20 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
     } else {
-        println!("{}: .kpak {major}.{minor}, {} bytes, {} tensors", file.display(), pak.bytes().len(), pak.tensors().len());
+        println!(
+            "{}: .kpak {major}.{minor}, {} bytes, {} tensors",
+            file.display(),
+            pak.bytes().len(),
+            pak.tensors().len()
+        );
         for s in pak.sections() {
-            println!("  section {:<8} offset {:>8}  {:>10} bytes  crc32 {:08x}", s.kind.name(), s.offset, s.len, s.crc32);
+            println!(
+                "  section {:<8} offset {:>8}  {:>10} bytes  crc32 {:08x}",
+                s.kind.name(),
+                s.offset,
+                s.len,
+                s.crc32
+            );
         }
         println!("  data checksum: {}", if data_ok { "ok" } else { "MISMATCH" });
         println!("metadata:");
@@ -248,7 +267,14 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
         for (t, format, status) in &rows {
             let lorc = if t.lorc_rank > 0 { format!("r{}", t.lorc_rank) } else { "-".into() };
             let master = if t.bitswitch_master { " (int8 master)" } else { "" };
-            println!("  {:<24} {:<34} {:<14} {:>10}  {:<6} {status}", t.name, format!("{format}{master}"), format!("{:?}", t.shape), t.bytes(), lorc);
+            println!(
+                "  {:<24} {:<34} {:<14} {:>10}  {:<6} {status}",
+                t.name,
+                format!("{format}{master}"),
+                format!("{:?}", t.shape),
+                t.bytes(),
+                lorc
+            );
         }
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -266,7 +292,14 @@ fn kernel_json(k: &KernelCheck) -> Value {
     })
 }
 
-fn selftest_cmd(backend: BackendArg, json: bool, model: Option<PathBuf>, bits: Option<u32>, seed: Option<u64>, gpu_args: &GpuArgs) -> Result<ExitCode> {
+fn selftest_cmd(
+    backend: BackendArg,
+    json: bool,
+    model: Option<PathBuf>,
+    bits: Option<u32>,
+    seed: Option<u64>,
+    gpu_args: &GpuArgs,
+) -> Result<ExitCode> {
     let backends: Vec<BackendKind> = match backend {
         BackendArg::Cpu => vec![BackendKind::Cpu],
         BackendArg::Gpu => vec![BackendKind::Gpu],
@@ -317,7 +350,14 @@ fn selftest_cmd(backend: BackendArg, json: bool, model: Option<PathBuf>, bits: O
             let variant = k.variant.map_or(String::new(), |v| format!("/{}", v.name()));
             let status = if k.ok { "ok  " } else { "FAIL" };
             let detail = k.error.as_deref().map_or(String::new(), |e| format!("  ({e})"));
-            println!("  {status} {:<4} {:<14} {:<34} rel_err {:>9.2e} (tol {:.0e}){detail}", k.backend.name(), k.format, format!("{}{variant}", k.name), k.rel_err, k.tol.rel_l2);
+            println!(
+                "  {status} {:<4} {:<14} {:<34} rel_err {:>9.2e} (tol {:.0e}){detail}",
+                k.backend.name(),
+                k.format,
+                format!("{}{variant}", k.name),
+                k.rel_err,
+                k.tol.rel_l2
+            );
         }
         let failed = report.kernels.iter().filter(|k| !k.ok).count();
         println!("{} passed, {} failed", report.kernels.len() - failed, failed);
@@ -326,9 +366,15 @@ fn selftest_cmd(backend: BackendArg, json: bool, model: Option<PathBuf>, bits: O
 }
 
 /// Verifies a model fully and checks every matrix on every backend against the f64 reference.
-fn check_model(path: &PathBuf, bits: Option<u32>, backends: &[BackendKind], gpu: Option<&GpuContext>, seed: u64) -> Result<Vec<KernelCheck>> {
+fn check_model(
+    path: &PathBuf,
+    bits: Option<u32>,
+    backends: &[BackendKind],
+    gpu: Option<&GpuContext>,
+    seed: u64,
+) -> Result<Vec<KernelCheck>> {
     let pak = Kpak::open(path, Verify::Full)?;
-    let mut rng = SplitMix64::new(seed ^ 0x6d6f_6465_6c);
+    let mut rng = SplitMix64::new(seed ^ 0x006d_6f64_656c);
     let mut out = Vec::new();
     for t in pak.tensors().iter().filter(|t| t.shape.len() == 2) {
         let loaded = pak.matrix_at_bits(&t.name, bits)?;

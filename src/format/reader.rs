@@ -68,7 +68,10 @@ impl TensorInfo {
 enum Storage {
     Mapped(memmap2::Mmap),
     /// u64 words keep the base 8-byte aligned, so component slices cast to u32 and f32.
-    Owned { words: Vec<u64>, len: usize },
+    Owned {
+        words: Vec<u64>,
+        len: usize,
+    },
 }
 
 impl Storage {
@@ -203,7 +206,11 @@ impl Kpak {
         }
         let section_count = le_u32(b, 24);
         if section_count == 0 || section_count > MAX_SECTIONS {
-            return Err(Error::LimitExceeded { what: "section count", value: section_count as u64, limit: MAX_SECTIONS as u64 });
+            return Err(Error::LimitExceeded {
+                what: "section count",
+                value: section_count as u64,
+                limit: MAX_SECTIONS as u64,
+            });
         }
         let table_end = (HEADER_LEN + SECTION_ENTRY_LEN * section_count as usize) as u64;
         if table_end > file_len {
@@ -229,7 +236,8 @@ impl Kpak {
         let section = |kind: SectionKind| {
             sections.iter().find(|s| s.kind == kind).copied().ok_or(Error::MissingSection { section: kind.name() })
         };
-        let (meta_s, tensors_s, data_s) = (section(SectionKind::Meta)?, section(SectionKind::Tensors)?, section(SectionKind::Data)?);
+        let (meta_s, tensors_s, data_s) =
+            (section(SectionKind::Meta)?, section(SectionKind::Tensors)?, section(SectionKind::Data)?);
         for s in &sections {
             if s.kind == SectionKind::Data && verify == Verify::Structure {
                 continue;
@@ -277,7 +285,12 @@ impl Kpak {
             match end {
                 Some(end) if offset >= table_end && end <= file_len => {}
                 _ => {
-                    return Err(Error::SectionOutOfBounds { section: kind.name(), offset, end: end.unwrap_or(u64::MAX), file_len })
+                    return Err(Error::SectionOutOfBounds {
+                        section: kind.name(),
+                        offset,
+                        end: end.unwrap_or(u64::MAX),
+                        file_len,
+                    })
                 }
             }
             let align = if kind == SectionKind::Data { DATA_ALIGN } else { SECTION_ALIGN };
@@ -295,20 +308,37 @@ impl Kpak {
     }
 
     fn parse_metadata(b: &[u8], s: SectionInfo) -> Result<Vec<(String, String)>> {
-        let mut c = Cursor { bytes: &b[s.offset as usize..(s.offset + s.len) as usize], pos: 0, base: s.offset, section: "META" };
+        let mut c = Cursor {
+            bytes: &b[s.offset as usize..(s.offset + s.len) as usize],
+            pos: 0,
+            base: s.offset,
+            section: "META",
+        };
         let count = c.u32("entry count")?;
         // Each entry takes at least 8 bytes, so the section length bounds the allocation.
         if count > MAX_META_ENTRIES || count as u64 * 8 > s.len {
-            return Err(Error::LimitExceeded { what: "metadata entry count", value: count as u64, limit: (MAX_META_ENTRIES as u64).min(s.len / 8) });
+            return Err(Error::LimitExceeded {
+                what: "metadata entry count",
+                value: count as u64,
+                limit: (MAX_META_ENTRIES as u64).min(s.len / 8),
+            });
         }
         let mut out: Vec<(String, String)> = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let (klen, vlen) = (c.u32("key length")? as usize, c.u32("value length")? as usize);
             if klen == 0 || klen > MAX_NAME_LEN {
-                return Err(Error::malformed("META", c.offset(), format!("key length {klen} outside 1..={MAX_NAME_LEN}")));
+                return Err(Error::malformed(
+                    "META",
+                    c.offset(),
+                    format!("key length {klen} outside 1..={MAX_NAME_LEN}"),
+                ));
             }
             if vlen > MAX_META_VALUE_LEN {
-                return Err(Error::LimitExceeded { what: "metadata value length", value: vlen as u64, limit: MAX_META_VALUE_LEN as u64 });
+                return Err(Error::LimitExceeded {
+                    what: "metadata value length",
+                    value: vlen as u64,
+                    limit: MAX_META_VALUE_LEN as u64,
+                });
             }
             let key = c.str(klen, "metadata key")?;
             let value = c.str(vlen, "metadata value")?;
@@ -325,13 +355,22 @@ impl Kpak {
 
     fn parse_tensors(b: &[u8], s: SectionInfo, data: SectionInfo) -> Result<Vec<TensorInfo>> {
         const MIN_RECORD: u64 = 2 + 12;
-        let mut c = Cursor { bytes: &b[s.offset as usize..(s.offset + s.len) as usize], pos: 0, base: s.offset, section: "TENSORS" };
+        let mut c = Cursor {
+            bytes: &b[s.offset as usize..(s.offset + s.len) as usize],
+            pos: 0,
+            base: s.offset,
+            section: "TENSORS",
+        };
         let count = c.u32("tensor count")?;
         if c.u32("reserved")? != 0 {
             return Err(Error::malformed("TENSORS", s.offset + 4, "reserved field must be zero"));
         }
         if count > MAX_TENSORS || count as u64 * MIN_RECORD > s.len {
-            return Err(Error::LimitExceeded { what: "tensor count", value: count as u64, limit: (MAX_TENSORS as u64).min(s.len / MIN_RECORD) });
+            return Err(Error::LimitExceeded {
+                what: "tensor count",
+                value: count as u64,
+                limit: (MAX_TENSORS as u64).min(s.len / MIN_RECORD),
+            });
         }
         let mut tensors = Vec::with_capacity(count as usize);
         let mut spans: Vec<(u64, u64, usize)> = Vec::new();
@@ -357,7 +396,11 @@ impl Kpak {
     fn parse_record(c: &mut Cursor, data: SectionInfo) -> Result<TensorInfo> {
         let name_len = c.u16("name length")? as usize;
         if name_len == 0 || name_len > MAX_NAME_LEN {
-            return Err(Error::malformed("TENSORS", c.offset(), format!("tensor name length {name_len} outside 1..={MAX_NAME_LEN}")));
+            return Err(Error::malformed(
+                "TENSORS",
+                c.offset(),
+                format!("tensor name length {name_len} outside 1..={MAX_NAME_LEN}"),
+            ));
         }
         let name = c.str(name_len, "tensor name")?.to_string();
         let code = c.u8("format")?;
@@ -418,7 +461,11 @@ impl Kpak {
             return bad(format!("{} tensors must be matrices [n, k], not rank {rank}", scheme.label()));
         }
         if lorc_rank > crate::quant::MAX_LORC_RANK {
-            return Err(Error::LimitExceeded { what: "LoRC rank", value: lorc_rank as u64, limit: crate::quant::MAX_LORC_RANK as u64 });
+            return Err(Error::LimitExceeded {
+                what: "LoRC rank",
+                value: lorc_rank as u64,
+                limit: crate::quant::MAX_LORC_RANK as u64,
+            });
         }
 
         // Layout: rows of the last dimension.
@@ -442,10 +489,15 @@ impl Kpak {
             let crc32 = c.u32("component checksum")?;
             let offset = c.u64("component offset")?;
             let len = c.u64("component length")?;
-            let kind = ComponentKind::from_u8(raw)
-                .ok_or_else(|| Error::malformed("TENSORS", at, format!("tensor '{name}': unknown component kind {raw}")))?;
+            let kind = ComponentKind::from_u8(raw).ok_or_else(|| {
+                Error::malformed("TENSORS", at, format!("tensor '{name}': unknown component kind {raw}"))
+            })?;
             if reserved != [0, 0, 0] {
-                return Err(Error::malformed("TENSORS", at + 1, format!("tensor '{name}': reserved bytes must be zero")));
+                return Err(Error::malformed(
+                    "TENSORS",
+                    at + 1,
+                    format!("tensor '{name}': reserved bytes must be zero"),
+                ));
             }
             if components.iter().any(|x: &Component| x.kind == kind) {
                 return bad(format!("component {} appears twice", kind.name()));
@@ -453,7 +505,7 @@ impl Kpak {
             let Some(&(_, want)) = expected.iter().find(|(k, _)| *k == kind) else {
                 return bad(format!("component {} does not belong to format {}", kind.name(), scheme.label()));
             };
-            let end = offset.checked_add(len).unwrap_or(u64::MAX);
+            let end = offset.saturating_add(len);
             if offset < data.offset || end > data.offset + data.len {
                 return Err(Error::TensorOutOfBounds {
                     tensor: name.clone(),
@@ -465,17 +517,34 @@ impl Kpak {
                 });
             }
             if offset % DATA_ALIGN != 0 {
-                return Err(Error::TensorMisaligned { tensor: name.clone(), component: kind.name(), offset, align: DATA_ALIGN });
+                return Err(Error::TensorMisaligned {
+                    tensor: name.clone(),
+                    component: kind.name(),
+                    offset,
+                    align: DATA_ALIGN,
+                });
             }
             if len != want {
-                return Err(Error::ComponentSize { tensor: name.clone(), component: kind.name(), expected: want, actual: len });
+                return Err(Error::ComponentSize {
+                    tensor: name.clone(),
+                    component: kind.name(),
+                    expected: want,
+                    actual: len,
+                });
             }
             components.push(Component { kind, offset, len, crc32 });
         }
         if let Some((missing, _)) = expected.iter().find(|(k, _)| components.iter().all(|x| x.kind != *k)) {
             return bad(format!("component {} is missing", missing.name()));
         }
-        Ok(TensorInfo { name, scheme, shape, lorc_rank, bitswitch_master: flags & FLAG_BITSWITCH_MASTER != 0, components })
+        Ok(TensorInfo {
+            name,
+            scheme,
+            shape,
+            lorc_rank,
+            bitswitch_master: flags & FLAG_BITSWITCH_MASTER != 0,
+            components,
+        })
     }
 
     /// Hashes every component of `t` and compares with the stored checksums.
@@ -483,7 +552,12 @@ impl Kpak {
         for c in &t.components {
             let computed = crc32(self.component_bytes(c));
             if computed != c.crc32 {
-                return Err(Error::TensorChecksum { tensor: t.name.clone(), component: c.kind.name(), stored: c.crc32, computed });
+                return Err(Error::TensorChecksum {
+                    tensor: t.name.clone(),
+                    component: c.kind.name(),
+                    stored: c.crc32,
+                    computed,
+                });
             }
         }
         Ok(())
@@ -520,7 +594,10 @@ impl Kpak {
     }
 
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.by_name.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::TensorNotFound { name: name.to_string() })
+        self.by_name
+            .get(name)
+            .map(|&i| &self.tensors[i])
+            .ok_or_else(|| Error::TensorNotFound { name: name.to_string() })
     }
 
     /// A component's bytes, straight from the mapping.
@@ -570,7 +647,10 @@ impl Kpak {
             Scheme::F32 => Ok(bytemuck::cast_slice::<u32, f32>(words).to_vec()),
             Scheme::F16 => {
                 let row_words = Scheme::F16.row_words(k);
-                Ok(words.chunks_exact(row_words).flat_map(|row| (0..k).map(|i| crate::tensor::f16_at(row, i))).collect())
+                Ok(words
+                    .chunks_exact(row_words)
+                    .flat_map(|row| (0..k).map(|i| crate::tensor::f16_at(row, i)))
+                    .collect())
             }
             s => Err(Error::invalid_tensor(name, format!("is {}, not f32/f16; use matrix()", s.label()))),
         }

@@ -37,10 +37,16 @@ impl KpakWriter {
     /// Adds one metadata entry. Keys are unique.
     pub fn metadata(&mut self, key: &str, value: &str) -> Result<&mut Self> {
         if key.is_empty() || key.len() > MAX_NAME_LEN {
-            return Err(Error::InvalidArgument { reason: format!("metadata key '{key}' must be 1..={MAX_NAME_LEN} bytes") });
+            return Err(Error::InvalidArgument {
+                reason: format!("metadata key '{key}' must be 1..={MAX_NAME_LEN} bytes"),
+            });
         }
         if value.len() > MAX_META_VALUE_LEN {
-            return Err(Error::LimitExceeded { what: "metadata value length", value: value.len() as u64, limit: MAX_META_VALUE_LEN as u64 });
+            return Err(Error::LimitExceeded {
+                what: "metadata value length",
+                value: value.len() as u64,
+                limit: MAX_META_VALUE_LEN as u64,
+            });
         }
         if self.metadata.iter().any(|(k, _)| k == key) {
             return Err(Error::DuplicateMetadata { key: key.to_string() });
@@ -51,13 +57,19 @@ impl KpakWriter {
 
     fn push(&mut self, t: PendingTensor) -> Result<()> {
         if t.name.is_empty() || t.name.len() > MAX_NAME_LEN {
-            return Err(Error::InvalidArgument { reason: format!("tensor name '{}' must be 1..={MAX_NAME_LEN} bytes", t.name) });
+            return Err(Error::InvalidArgument {
+                reason: format!("tensor name '{}' must be 1..={MAX_NAME_LEN} bytes", t.name),
+            });
         }
         if self.tensors.iter().any(|p| p.name == t.name) {
             return Err(Error::DuplicateTensor { name: t.name });
         }
         if self.tensors.len() >= MAX_TENSORS as usize {
-            return Err(Error::LimitExceeded { what: "tensor count", value: self.tensors.len() as u64 + 1, limit: MAX_TENSORS as u64 });
+            return Err(Error::LimitExceeded {
+                what: "tensor count",
+                value: self.tensors.len() as u64 + 1,
+                limit: MAX_TENSORS as u64,
+            });
         }
         self.tensors.push(t);
         Ok(())
@@ -84,7 +96,10 @@ impl KpakWriter {
         let mut lorc_rank = 0;
         if let Some(l) = &m.lorc {
             if l.rank == 0 || l.rank > crate::quant::MAX_LORC_RANK {
-                return Err(Error::invalid_tensor(name, format!("LoRC rank {} outside 1..={}", l.rank, crate::quant::MAX_LORC_RANK)));
+                return Err(Error::invalid_tensor(
+                    name,
+                    format!("LoRC rank {} outside 1..={}", l.rank, crate::quant::MAX_LORC_RANK),
+                ));
             }
             lorc_rank = l.rank as u32;
             components.push((ComponentKind::LorcU, l.u.clone()));
@@ -132,7 +147,10 @@ impl KpakWriter {
 
     fn check_plain(&self, name: &str, shape: &[usize], len: usize) -> Result<()> {
         if shape.len() > MAX_RANK || shape.iter().any(|&d| d == 0 || d as u64 > MAX_DIM) {
-            return Err(Error::invalid_tensor(name, format!("shape {shape:?} must have rank <= {MAX_RANK} and dims in 1..={MAX_DIM}")));
+            return Err(Error::invalid_tensor(
+                name,
+                format!("shape {shape:?} must have rank <= {MAX_RANK} and dims in 1..={MAX_DIM}"),
+            ));
         }
         let numel: usize = shape.iter().product();
         if numel != len {

@@ -70,7 +70,8 @@ pub fn add_lorc(packed: &mut PackedMatrix, w: &[f32], rank: usize) -> Result<()>
 
     let u32s: Vec<f32> = u.iter().map(|&x| x as f32).collect();
     // V^T as [rank, k] rows.
-    let vt: Vec<f32> = (0..rank).flat_map(|j| (0..k).map(move |c| (j, c))).map(|(j, c)| v[c * rank + j] as f32).collect();
+    let vt: Vec<f32> =
+        (0..rank).flat_map(|j| (0..k).map(move |c| (j, c))).map(|(j, c)| v[c * rank + j] as f32).collect();
     packed.lorc = Some(LorcFactors { rank, u: pack_f16_rows(&u32s, rank), v: pack_f16_rows(&vt, k) });
     Ok(())
 }

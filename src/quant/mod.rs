@@ -16,8 +16,8 @@ pub use fp4::{e2m1_decode, e2m1_encode, e8m0_decode, E2M1_VALUES};
 pub use lorc::{add_lorc, lorc_dense, MAX_LORC_RANK};
 
 use crate::error::{Error, Result};
-use crate::tensor::{f16_at, Fp4Scale, PackedMatrix, Scheme};
 use crate::tensor::MatrixView;
+use crate::tensor::{f16_at, Fp4Scale, PackedMatrix, Scheme};
 
 /// Quantizes a row-major [n, k] f32 matrix into `scheme`.
 ///

@@ -15,13 +15,7 @@ fn f16_checked(v: f32, what: &str) -> Result<f16> {
 }
 
 /// Returns (quants, params).
-pub(super) fn quantize(
-    w: &[f32],
-    n: usize,
-    k: usize,
-    group: usize,
-    symmetric: bool,
-) -> Result<(Vec<u32>, Vec<u32>)> {
+pub(super) fn quantize(w: &[f32], n: usize, k: usize, group: usize, symmetric: bool) -> Result<(Vec<u32>, Vec<u32>)> {
     let groups = k.div_ceil(group);
     let row_words = groups * group / 8;
     let mut quants = vec![0u32; n * row_words];

@@ -167,7 +167,9 @@ fn group_dot(ws: &[u32], xs: &[f32], decode: impl Fn(u32) -> f32 + Copy) -> f32 
         4 => fixed::<4>(ws, xs, decode),
         8 => fixed::<8>(ws, xs, decode),
         16 => fixed::<16>(ws, xs, decode),
-        bw => (0..8).map(|i| ws.iter().zip(&xs[i * bw..(i + 1) * bw]).map(|(&w, &x)| decode(w >> (4 * i)) * x).sum::<f32>()).sum(),
+        bw => (0..8)
+            .map(|i| ws.iter().zip(&xs[i * bw..(i + 1) * bw]).map(|(&w, &x)| decode(w >> (4 * i)) * x).sum::<f32>())
+            .sum(),
     }
 }
 

@@ -98,7 +98,14 @@ impl GpuContext {
             return Err(Error::NoAdapter { reason });
         };
         let info = adapter.get_info();
-        log::info!("GPU adapter: {} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info);
+        log::info!(
+            "GPU adapter: {} ({:?}, {:?}, driver {} {})",
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info
+        );
 
         let available = adapter.features();
         let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
@@ -270,14 +277,21 @@ impl GpuContext {
         let size = size.max(16).next_multiple_of(4);
         self.check_size(label, size)?;
         self.scoped(&format!("allocating {label} ({size} bytes)"), || {
-            self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
         })
     }
 
     fn check_size(&self, label: &str, size: u64) -> Result<()> {
         let limit = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if size > limit {
-            return Err(Error::GpuOutOfMemory { what: format!("allocating {label}: {size} bytes exceeds the device's binding limit of {limit}") });
+            return Err(Error::GpuOutOfMemory {
+                what: format!("allocating {label}: {size} bytes exceeds the device's binding limit of {limit}"),
+            });
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ impl CopyBench {
         let src = ctx.zeroed_buffer("copy src", bytes as u64, usage)?;
         let dst = ctx.zeroed_buffer("copy dst", bytes as u64, usage)?;
         // Enough threads to fill a large GPU, each copying a strided run of words.
-        let groups = len.div_ceil(COPY_WG).clamp(1, 65535.min(8192));
+        let groups = len.div_ceil(COPY_WG).clamp(1, 8192);
         let params = CopyParams { len, stride: groups * COPY_WG, _pad: [0; 2] };
         let pbuf = ctx.zeroed_buffer("copy params", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
         ctx.queue.write_buffer(&pbuf, 0, bytemuck::bytes_of(&params));
@@ -57,7 +57,8 @@ impl CopyBench {
 
     /// Records the copy `repeat` times.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, repeat: usize) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: None });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         for _ in 0..repeat {

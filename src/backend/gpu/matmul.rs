@@ -131,7 +131,8 @@ fn make_pass(ctx: &GpuContext, s: &PassSpec, reduction: Reduction) -> Result<Pas
         group_words: s.scheme.group().map_or(1, |g| g / 8) as u32,
         _pad: [0; 3],
     };
-    let params_buf = ctx.zeroed_buffer("matmul params", 48, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+    let params_buf =
+        ctx.zeroed_buffer("matmul params", 48, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
     ctx.queue.write_buffer(&params_buf, 0, bytemuck::bytes_of(&params));
     let bind_group = ctx.scoped("binding matmul buffers", || {
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -154,7 +155,9 @@ fn make_pass(ctx: &GpuContext, s: &PassSpec, reduction: Reduction) -> Result<Pas
         let gx = (s.n as u32).div_ceil(GEMM_TILE);
         let gy = (s.m as u32).div_ceil(GEMM_TILE);
         if gx > MAX_GROUPS_PER_DIM || gy > MAX_GROUPS_PER_DIM {
-            return Err(Error::Unsupported { what: format!("GEMM of {} x {} outputs exceeds the dispatch grid", s.m, s.n) });
+            return Err(Error::Unsupported {
+                what: format!("GEMM of {} x {} outputs exceeds the dispatch grid", s.m, s.n),
+            });
         }
         (gx, gy)
     };
@@ -168,7 +171,9 @@ impl MatmulPlan {
             return Err(Error::InvalidArgument { reason: "a matmul needs at least one activation row".into() });
         }
         if reduction == Reduction::Subgroup && !ctx.features.subgroup {
-            return Err(Error::Unsupported { what: format!("subgroup kernels on {} (no SUBGROUP feature)", ctx.adapter_name()) });
+            return Err(Error::Unsupported {
+                what: format!("subgroup kernels on {} (no SUBGROUP feature)", ctx.adapter_name()),
+            });
         }
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let x_stride = w.scheme.padded_k(w.k);
@@ -176,7 +181,11 @@ impl MatmulPlan {
         // the padded weight codes multiply zeros.
         let x = ctx.zeroed_buffer("activations", (m * x_stride * 4) as u64, storage)?;
         let y = ctx.zeroed_buffer("outputs", (m * w.n * 4) as u64, storage)?;
-        let staging = ctx.zeroed_buffer("read-back", (m * w.n * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let staging = ctx.zeroed_buffer(
+            "read-back",
+            (m * w.n * 4) as u64,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let main = PassSpec {
             scheme: w.scheme,
             n: w.n,
@@ -229,12 +238,25 @@ impl MatmulPlan {
             bytes_moved += m * (w.n + w.k) * 4;
             lorc_buffers.extend([t, dummy]);
         }
-        Ok(Self { m, n: w.n, k: w.k, reduction, x_stride, x, y, staging, passes, _lorc_buffers: lorc_buffers, bytes_moved })
+        Ok(Self {
+            m,
+            n: w.n,
+            k: w.k,
+            reduction,
+            x_stride,
+            x,
+            y,
+            staging,
+            passes,
+            _lorc_buffers: lorc_buffers,
+            bytes_moved,
+        })
     }
 
     /// Records the product's dispatches `repeat` times into one compute pass.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, repeat: usize) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("matmul"), timestamp_writes: None });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("matmul"), timestamp_writes: None });
         for _ in 0..repeat {
             for p in &self.passes {
                 pass.set_pipeline(&p.pipeline);
