@@ -30,6 +30,8 @@ fn main() {
                 backend,
                 runs: if quick { 2 } else { 15 },
                 reduction: None,
+                activation: None,
+                rows: None,
             };
             match bench::run(&cfg, gpu.as_ref()) {
                 Ok(r) => println!(

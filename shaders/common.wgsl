@@ -1,4 +1,4 @@
-// Shared by every matmul kernel: the parameter block and the tile sizes. Mirrored field for field
+// Shared by every matmul kernel: the parameter block and the output store. Mirrored field for field
 // by `MatmulParams` in src/backend/gpu/kernels.rs (size asserted there).
 
 struct Params {
@@ -18,13 +18,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// GEMV: one workgroup computes ROWS output rows; its threads stride along K, and each loaded
-// activation vector is used for all ROWS rows.
-const WG: u32 = 256u;
-const ROWS: u32 = 4u;
-
-// GEMM: one workgroup computes a TILE x TILE block of outputs, K in steps of TILE.
-const TILE: u32 = 16u;
+// The module header (written by src/backend/gpu/shaders.rs) defines the variant's constants:
+//   WG   threads per GEMV workgroup;
+//   ROWS output rows per GEMV workgroup: its threads stride along K, and each activation
+//        load is shared by all ROWS rows;
+//   TILE the GEMM output tile (TILE x TILE) and K step.
 
 fn store_output(row: u32, col_base: u32, value: f32) {
     let i = row * p.y_stride + col_base;

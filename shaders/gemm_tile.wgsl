@@ -1,10 +1,10 @@
 // The tiled GEMM shared by every format: each format supplies weight_at(row, col), which
 // dequantises one element; tiles of X and W are staged in workgroup memory.
 
-var<workgroup> x_tile: array<array<f32, 17>, 16>; // [TILE][TILE + 1]: padding avoids bank conflicts
-var<workgroup> w_tile: array<array<f32, 17>, 16>;
+var<workgroup> x_tile: array<array<f32, TILE + 1u>, TILE>; // +1 column: no bank conflicts
+var<workgroup> w_tile: array<array<f32, TILE + 1u>, TILE>;
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(TILE, TILE)
 fn gemm(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let n0 = wid.x * TILE;
     let m0 = wid.y * TILE;

@@ -3,12 +3,7 @@
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> aux: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn x_at(i: u32) -> f32 {
-    return x[i / 2u][i % 2u];
-}
 
 fn weight_at(row: u32, col: u32) -> f32 {
     return unpack2x16float(w[row * p.row_words + col / 2u])[col % 2u];
@@ -19,7 +14,8 @@ fn gemv(lane: Lane) {
     let row0 = flat_group(lane.wid, lane.nwg) * ROWS;
     var acc: array<f32, ROWS>;
     for (var j = lane.lid; j < p.row_words; j += WG) {
-        let xv = x[j];
+        let quad = x4(j / 2u);
+        let xv = select(quad.xy, quad.zw, (j & 1u) == 1u);
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, p.n - 1u);
             acc[r] += dot(unpack2x16float(w[row * p.row_words + j]), xv);

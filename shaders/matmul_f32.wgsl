@@ -2,12 +2,7 @@
 
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> aux: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn x_at(i: u32) -> f32 {
-    return x[i];
-}
 
 fn weight_at(row: u32, col: u32) -> f32 {
     return w[row * p.row_words + col];
@@ -18,7 +13,7 @@ fn gemv(lane: Lane) {
     let row0 = flat_group(lane.wid, lane.nwg) * ROWS;
     var acc: array<f32, ROWS>;
     for (var j = lane.lid; j < p.row_words; j += WG) {
-        let xv = x[j];
+        let xv = x_at(j);
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, p.n - 1u);
             acc[r] = fma(w[row * p.row_words + j], xv, acc[r]);

@@ -8,12 +8,7 @@ override FP4_SCALE_F16: bool = false;
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> aux: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn x_at(i: u32) -> f32 {
-    return x[i / 4u][i % 4u];
-}
 
 fn e2m1(codes: vec4<u32>) -> vec4<f32> {
     let mag = codes & vec4<u32>(7u);
@@ -45,8 +40,8 @@ fn gemv(lane: Lane) {
     let row0 = flat_group(lane.wid, lane.nwg) * ROWS;
     var acc: array<f32, ROWS>;
     for (var j = lane.lid; j < p.row_words; j += WG) {
-        let x0 = x[2u * j];
-        let x1 = x[2u * j + 1u];
+        let x0 = x4(2u * j);
+        let x1 = x4(2u * j + 1u);
         let g = j / p.group_words;
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, p.n - 1u);

@@ -2,12 +2,7 @@
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> aux: array<u32>;
-@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn x_at(i: u32) -> f32 {
-    return x[i / 4u][i % 4u];
-}
 
 fn bytes_i8(word: u32) -> vec4<f32> {
     // Shift each byte to the top, then an arithmetic shift back sign-extends it.
@@ -25,7 +20,7 @@ fn gemv(lane: Lane) {
     let row0 = flat_group(lane.wid, lane.nwg) * ROWS;
     var acc: array<f32, ROWS>;
     for (var j = lane.lid; j < p.row_words; j += WG) {
-        let xv = x[j];
+        let xv = x4(j);
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, p.n - 1u);
             acc[r] += dot(bytes_i8(w[row * p.row_words + j]), xv);

@@ -6,7 +6,7 @@ struct Lane {
     @builtin(num_workgroups) nwg: vec3<u32>,
 }
 
-var<workgroup> red: array<f32, 1024>; // WG * ROWS
+var<workgroup> red: array<f32, WG * ROWS>;
 
 // Returns, on threads lid < ROWS, the workgroup's total for row `lid`.
 fn reduce_rows(lane: Lane, acc: array<f32, ROWS>) -> f32 {

@@ -10,7 +10,7 @@ struct Lane {
 }
 
 const MAX_SUBGROUPS: u32 = 64u; // WG / smallest subgroup size (4)
-var<workgroup> red: array<f32, 256>; // MAX_SUBGROUPS * ROWS
+var<workgroup> red: array<f32, MAX_SUBGROUPS * ROWS>;
 
 fn reduce_rows(lane: Lane, acc: array<f32, ROWS>) -> f32 {
     let sg = lane.lid / lane.sg_size;

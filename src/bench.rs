@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::backend::gpu::{self, CopyBench, GpuContext, GpuMatrix, MatmulPlan, Reduction};
+use crate::backend::gpu::{self, Activation, CopyBench, GpuContext, GpuMatrix, KernelVariant, MatmulPlan, Reduction};
 use crate::backend::{cpu, BackendKind};
 use crate::error::{Error, Result};
 use crate::quant;
@@ -22,8 +22,12 @@ pub struct BenchConfig {
     pub backend: BackendKind,
     /// Timed repetitions; the median is reported.
     pub runs: usize,
-    /// GPU only: reduction variant (None = the best this device has).
+    /// GPU only: reduction (None = the best this device has).
     pub reduction: Option<Reduction>,
+    /// GPU only: activation storage (None = f32).
+    pub activation: Option<Activation>,
+    /// GPU only: GEMV rows per workgroup (None = the default, 4).
+    pub rows: Option<u32>,
 }
 
 /// One measurement.
@@ -158,12 +162,14 @@ fn batch_size(ctx: &GpuContext, target_us: f64, encode: &impl Fn(&mut wgpu::Comm
 
 /// Runs the benchmark on the GPU.
 pub fn bench_gpu(ctx: &GpuContext, cfg: &BenchConfig, w: &PackedMatrix) -> Result<BenchResult> {
-    let reduction = match cfg.reduction {
-        Some(r) => r,
-        None => *gpu::available_reductions(ctx).last().expect("at least the shared reduction"),
+    let default = gpu::default_variant(ctx);
+    let variant = KernelVariant {
+        reduction: cfg.reduction.unwrap_or(default.reduction),
+        activation: cfg.activation.unwrap_or(default.activation),
+        rows: cfg.rows.unwrap_or(default.rows),
     };
     let gw = GpuMatrix::upload(ctx, &w.view())?;
-    let plan = MatmulPlan::new(ctx, &gw, cfg.m, reduction)?;
+    let plan = MatmulPlan::new(ctx, &gw, cfg.m, variant)?;
     let mut rng = SplitMix64::new(7);
     plan.upload_x(ctx, &rng.normal_vec(cfg.m * cfg.k))?;
     let encode = |enc: &mut wgpu::CommandEncoder, repeat: usize| plan.encode(enc, repeat);
@@ -181,7 +187,7 @@ pub fn bench_gpu(ctx: &GpuContext, cfg: &BenchConfig, w: &PackedMatrix) -> Resul
         2.0 * (cfg.m * cfg.n * cfg.k) as f64,
         copy_gbps,
         ctx.adapter_name(),
-        reduction.name().into(),
+        variant.name(),
     ))
 }
 

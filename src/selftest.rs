@@ -1,7 +1,7 @@
 //! `kestrel selftest`: every kernel and weight format on fresh random data against the float64
 //! reference, on this machine. The first command to run after flashing a board.
 
-use crate::backend::gpu::{self, GpuContext, Reduction};
+use crate::backend::gpu::{self, GpuContext, KernelVariant};
 use crate::backend::{cpu, BackendKind};
 use crate::error::Result;
 use crate::quant;
@@ -15,8 +15,8 @@ pub struct KernelCheck {
     /// e.g. `gemv[n=33,k=200]` or `gemm[m=5,n=17,k=130]+lorc4`.
     pub name: String,
     pub backend: BackendKind,
-    /// The GPU reduction variant (None on the CPU).
-    pub variant: Option<Reduction>,
+    /// The GPU kernel variant (None on the CPU).
+    pub variant: Option<KernelVariant>,
     pub format: String,
     pub rel_err: f64,
     pub tol: Tol,
@@ -89,8 +89,8 @@ fn shapes(rng: &mut SplitMix64) -> Vec<(usize, usize, usize, usize)> {
     ]
 }
 
-fn check(case: &Case, backend: BackendKind, variant: Option<Reduction>, out: Result<Vec<f32>>) -> KernelCheck {
-    let tol = Tol::QUANT;
+fn check(case: &Case, backend: BackendKind, variant: Option<KernelVariant>, out: Result<Vec<f32>>) -> KernelCheck {
+    let tol = variant.map_or(Tol::QUANT, gpu::variant_tol);
     let (rel_err, error) = match out {
         Ok(y) => (rel_l2(&y, &case.reference), None),
         Err(e) => (f64::INFINITY, Some(e.to_string())),
@@ -131,9 +131,9 @@ pub fn run(backends: &[BackendKind], gpu: Option<&GpuContext>, seed: u64) -> Res
                 kernels.push(check(&case, BackendKind::Cpu, None, run_cpu(&case)));
             }
             if let (true, Some(ctx)) = (backends.contains(&BackendKind::Gpu), gpu) {
-                for reduction in gpu::available_reductions(ctx) {
-                    let out = gpu::matmul_once(ctx, &case.packed.view(), &case.x, case.m, reduction);
-                    kernels.push(check(&case, BackendKind::Gpu, Some(reduction), out));
+                for variant in gpu::selftest_variants(ctx) {
+                    let out = gpu::matmul_once(ctx, &case.packed.view(), &case.x, case.m, variant);
+                    kernels.push(check(&case, BackendKind::Gpu, Some(variant), out));
                 }
             }
         }

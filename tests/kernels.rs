@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use kestrel::backend::gpu::{self, GpuContext, GpuOptions, Reduction};
+use kestrel::backend::gpu::{self, GpuContext, GpuOptions, KernelVariant};
 use kestrel::backend::{cpu, BackendKind};
 use kestrel::rng::SplitMix64;
 use kestrel::selftest::{self, make_case};
@@ -41,17 +41,25 @@ macro_rules! test_backends {
     };
 }
 
-fn run_on(backend: BackendKind, case: &selftest::Case, reduction: Reduction) -> Vec<f32> {
+fn run_on(backend: BackendKind, case: &selftest::Case, variant: KernelVariant) -> Vec<f32> {
     match backend {
         BackendKind::Cpu => selftest::run_cpu(case).unwrap(),
-        BackendKind::Gpu => gpu::matmul_once(gpu(), &case.packed.view(), &case.x, case.m, reduction).unwrap(),
+        BackendKind::Gpu => gpu::matmul_once(gpu(), &case.packed.view(), &case.x, case.m, variant).unwrap(),
     }
 }
 
-fn reductions(backend: BackendKind) -> Vec<Reduction> {
+/// The variants to run: one pass on the CPU, every checked variant on the GPU.
+fn variants(backend: BackendKind) -> Vec<KernelVariant> {
     match backend {
-        BackendKind::Cpu => vec![Reduction::Shared],
-        BackendKind::Gpu => gpu::available_reductions(gpu()),
+        BackendKind::Cpu => vec![KernelVariant::PORTABLE],
+        BackendKind::Gpu => gpu::selftest_variants(gpu()),
+    }
+}
+
+fn tol(backend: BackendKind, v: KernelVariant) -> Tol {
+    match backend {
+        BackendKind::Cpu => Tol::QUANT,
+        BackendKind::Gpu => gpu::variant_tol(v),
     }
 }
 
@@ -76,9 +84,9 @@ test_backends!(gemv_at_group_boundaries, |backend| {
         for &k in &[127usize, 128, 129, 1, 7] {
             for &n in &[17usize, 33] {
                 let case = make_case(&mut rng, scheme, 1, n, k, 0).unwrap();
-                for r in reductions(backend) {
-                    let err = rel_l2(&run_on(backend, &case, r), &case.reference);
-                    assert!(Tol::QUANT.accepts(err), "{} n={n} k={k} {r:?}: {err:e}", scheme.label());
+                for v in variants(backend) {
+                    let err = rel_l2(&run_on(backend, &case, v), &case.reference);
+                    assert!(tol(backend, v).accepts(err), "{} n={n} k={k} {}: {err:e}", scheme.label(), v.name());
                 }
             }
         }
@@ -91,9 +99,9 @@ test_backends!(gemm_with_many_rows_and_lorc, |backend| {
         [Scheme::Q4 { group: 64, symmetric: false }, Scheme::Fp4 { group: 32, scale: kestrel::tensor::Fp4Scale::E8M0 }]
     {
         let case = make_case(&mut rng, scheme, 37, 45, 300, 4).unwrap();
-        for r in reductions(backend) {
-            let err = rel_l2(&run_on(backend, &case, r), &case.reference);
-            assert!(Tol::QUANT.accepts(err), "{}: {err:e}", scheme.label());
+        for v in variants(backend) {
+            let err = rel_l2(&run_on(backend, &case, v), &case.reference);
+            assert!(tol(backend, v).accepts(err), "{} {}: {err:e}", scheme.label(), v.name());
         }
     }
 });
@@ -103,10 +111,10 @@ fn cpu_and_gpu_agree_on_a_large_gemv() {
     let mut rng = SplitMix64::new(fresh_seed());
     let case = make_case(&mut rng, Scheme::Q4 { group: 128, symmetric: false }, 1, 515, 1100, 0).unwrap();
     let c = selftest::run_cpu(&case).unwrap();
-    for r in gpu::available_reductions(gpu()) {
-        let g = gpu::matmul_once(gpu(), &case.packed.view(), &case.x, 1, r).unwrap();
+    for v in gpu::selftest_variants(gpu()) {
+        let g = gpu::matmul_once(gpu(), &case.packed.view(), &case.x, 1, v).unwrap();
         let err = rel_l2(&g, &c.iter().map(|&v| v as f64).collect::<Vec<_>>());
-        assert!(Tol::QUANT.accepts(err), "{r:?}: {err:e}");
+        assert!(gpu::variant_tol(v).accepts(err), "{}: {err:e}", v.name());
     }
 }
 
@@ -120,7 +128,7 @@ fn kernels_reject_wrong_shapes() {
     let mut y_short = vec![0f32; 7];
     assert!(matches!(cpu::gemv(&w, &case.x, &mut y_short), Err(kestrel::Error::ShapeMismatch { .. })));
     let gw = gpu::GpuMatrix::upload(gpu(), &w).unwrap();
-    let plan = gpu::MatmulPlan::new(gpu(), &gw, 1, Reduction::Shared).unwrap();
+    let plan = gpu::MatmulPlan::new(gpu(), &gw, 1, KernelVariant::PORTABLE).unwrap();
     assert!(matches!(plan.run(gpu(), &case.x[..15], &mut y), Err(kestrel::Error::ShapeMismatch { .. })));
 }
 
@@ -130,7 +138,7 @@ fn a_plan_runs_repeatedly_with_new_inputs() {
     let case = make_case(&mut rng, Scheme::Q4 { group: 32, symmetric: true }, 1, 33, 96, 2).unwrap();
     let w = case.packed.view();
     let gw = gpu::GpuMatrix::upload(gpu(), &w).unwrap();
-    let plan = gpu::MatmulPlan::new(gpu(), &gw, 1, Reduction::Shared).unwrap();
+    let plan = gpu::MatmulPlan::new(gpu(), &gw, 1, KernelVariant::PORTABLE).unwrap();
     let mut y = vec![0f32; 33];
     for _ in 0..3 {
         let x = rng.normal_vec(96);

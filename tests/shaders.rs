@@ -2,7 +2,7 @@
 //! involved: each kernel module (prelude + reduction + format + GEMM tile), for both reduction
 //! variants, and the copy kernel. A .wgsl file that no validated module includes fails the test.
 
-use kestrel::backend::gpu::shaders::{self, Reduction};
+use kestrel::backend::gpu::shaders::{self, Activation, KernelVariant, Reduction, GEMV_ROW_CHOICES};
 use kestrel::selftest::all_schemes;
 use wgpu::naga;
 
@@ -31,10 +31,23 @@ fn every_kernel_module_validates() {
     for scheme in all_schemes() {
         let (file, _) = shaders::format_source(scheme);
         for (reduction, caps) in [(Reduction::Shared, base), (Reduction::Subgroup, base | Capabilities::SUBGROUP)] {
-            let name = format!("{file}/{}", reduction.name());
-            validate(&name, &shaders::matmul_module(scheme, reduction), caps);
+            for (activation, act_caps) in
+                [(Activation::F32, caps), (Activation::F16, caps | Capabilities::SHADER_FLOAT16)]
+            {
+                for rows in GEMV_ROW_CHOICES {
+                    let v = KernelVariant { reduction, activation, rows };
+                    validate(&format!("{file}/{}", v.name()), &shaders::matmul_module(scheme, v), act_caps);
+                }
+            }
         }
-        used.extend(["common.wgsl", "reduce_shared.wgsl", "reduce_subgroup.wgsl", "gemm_tile.wgsl"]);
+        used.extend([
+            "common.wgsl",
+            "act_f32.wgsl",
+            "act_f16.wgsl",
+            "reduce_shared.wgsl",
+            "reduce_subgroup.wgsl",
+            "gemm_tile.wgsl",
+        ]);
         used.push(match file {
             "matmul_f32" => "matmul_f32.wgsl",
             "matmul_f16" => "matmul_f16.wgsl",
@@ -43,10 +56,10 @@ fn every_kernel_module_validates() {
             _ => "matmul_fp4.wgsl",
         });
     }
-    // The shared-memory variant must not need subgroups (it is the portable fallback).
-    let shared_q4 =
-        shaders::matmul_module(kestrel::tensor::Scheme::Q4 { group: 128, symmetric: false }, Reduction::Shared);
-    assert!(!shared_q4.contains("subgroup"));
+    // The portable variant needs neither subgroups nor f16 (it is the fallback everywhere).
+    let portable =
+        shaders::matmul_module(kestrel::tensor::Scheme::Q4 { group: 128, symmetric: false }, KernelVariant::PORTABLE);
+    assert!(!portable.contains("subgroup") && !portable.contains("enable f16"));
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -60,7 +73,8 @@ fn every_kernel_module_validates() {
 
 #[test]
 fn the_subgroup_variant_is_rejected_without_the_capability() {
-    let src = shaders::matmul_module(kestrel::tensor::Scheme::Q8, Reduction::Subgroup);
+    let v = KernelVariant { reduction: Reduction::Subgroup, ..KernelVariant::PORTABLE };
+    let src = shaders::matmul_module(kestrel::tensor::Scheme::Q8, v);
     let module = naga::front::wgsl::parse_str(&src).unwrap();
     let mut v = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),

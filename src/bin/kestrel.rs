@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use kestrel::backend::gpu::{GpuContext, GpuOptions, Reduction};
+use kestrel::backend::gpu::{self, Activation, GpuContext, GpuOptions, Reduction};
 use kestrel::backend::BackendKind;
 use kestrel::bench::{self, BenchConfig};
 use kestrel::format::{Kpak, Verify};
@@ -47,6 +47,12 @@ enum BenchKind {
 enum ReductionArg {
     Shared,
     Subgroup,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ActivationArg {
+    F32,
+    F16,
 }
 
 #[derive(clap::Args)]
@@ -111,9 +117,15 @@ enum Command {
         backend: BackendArg,
         #[arg(long, default_value_t = 20)]
         runs: usize,
-        /// GPU reduction variant (default: the best the device has).
+        /// GPU reduction (default: subgroup where the device has it).
         #[arg(long, value_enum)]
         reduction: Option<ReductionArg>,
+        /// GPU activation storage (default f32; f16 needs SHADER_F16).
+        #[arg(long, value_enum)]
+        act: Option<ActivationArg>,
+        /// GPU GEMV rows per workgroup: 4, 8 or 16 (default 4).
+        #[arg(long)]
+        rows: Option<u32>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -158,7 +170,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Selftest { backend, json, model, bits, seed, gpu } => {
             selftest_cmd(backend, json, model, bits, seed, &gpu)
         }
-        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, json, gpu } => {
+        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, gpu } => {
             let backend = match backend {
                 BackendArg::Cpu => BackendKind::Cpu,
                 BackendArg::Gpu => BackendKind::Gpu,
@@ -177,6 +189,11 @@ fn run(command: Command) -> Result<ExitCode> {
                     ReductionArg::Shared => Reduction::Shared,
                     ReductionArg::Subgroup => Reduction::Subgroup,
                 }),
+                activation: act.map(|a| match a {
+                    ActivationArg::F32 => Activation::F32,
+                    ActivationArg::F16 => Activation::F16,
+                }),
+                rows,
             };
             bench_cmd(&cfg, json, &gpu)
         }
@@ -381,19 +398,20 @@ fn check_model(
         let w = loaded.view();
         let x = rng.normal_vec(w.k);
         let reference = kestrel::quant::reference_gemv(&w, &x);
-        let mut push = |backend, variant, y: Result<Vec<f32>>| {
+        let mut push = |backend, variant: Option<gpu::KernelVariant>, y: Result<Vec<f32>>| {
             let (rel_err, error) = match y {
                 Ok(y) => (rel_l2(&y, &reference), None),
                 Err(e) => (f64::INFINITY, Some(e.to_string())),
             };
+            let tol = variant.map_or(Tol::QUANT, gpu::variant_tol);
             out.push(KernelCheck {
                 name: format!("model:{}", t.name),
                 backend,
                 variant,
                 format: w.scheme.label(),
                 rel_err,
-                tol: Tol::QUANT,
-                ok: error.is_none() && Tol::QUANT.accepts(rel_err),
+                tol,
+                ok: error.is_none() && tol.accepts(rel_err),
                 error,
             });
         };
@@ -402,8 +420,8 @@ fn check_model(
             push(BackendKind::Cpu, None, kestrel::backend::cpu::gemv(&w, &x, &mut y).map(|_| y));
         }
         if let (true, Some(ctx)) = (backends.contains(&BackendKind::Gpu), gpu) {
-            for r in kestrel::backend::gpu::available_reductions(ctx) {
-                push(BackendKind::Gpu, Some(r), kestrel::backend::gpu::matmul_once(ctx, &w, &x, 1, r));
+            for v in gpu::selftest_variants(ctx) {
+                push(BackendKind::Gpu, Some(v), gpu::matmul_once(ctx, &w, &x, 1, v));
             }
         }
     }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use super::context::GpuContext;
-use super::shaders::{self, Reduction};
+use std::sync::Mutex;
+
+use super::shaders::{self, Activation, KernelVariant, Reduction, GEMM_TILE, GEMV_ROW_CHOICES};
 use crate::error::{Error, Result};
 use crate::tensor::{Fp4Scale, MatrixView, Scheme};
 
@@ -26,9 +28,6 @@ pub struct MatmulParams {
 }
 const _: () = assert!(std::mem::size_of::<MatmulParams>() == 48);
 
-/// Rows per GEMV workgroup and the GEMM tile: the `ROWS` and `TILE` constants of common.wgsl.
-pub const GEMV_ROWS: u32 = 4;
-pub const GEMM_TILE: u32 = 16;
 const MAX_GROUPS_PER_DIM: u32 = 65535;
 
 /// A weight matrix resident on the GPU, in the file's layout.
@@ -72,8 +71,12 @@ pub struct MatmulPlan {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    pub reduction: Reduction,
+    pub variant: KernelVariant,
+    /// Activations per row in the x buffer: K padded to the format's row, then to whole vec4s.
     x_stride: usize,
+    /// Host-side staging for x in the buffer's layout (padding and f16 conversion), reused by
+    /// every run so runs do not allocate.
+    x_host: Mutex<Vec<u8>>,
     x: wgpu::Buffer,
     y: wgpu::Buffer,
     staging: wgpu::Buffer,
@@ -84,8 +87,13 @@ pub struct MatmulPlan {
     pub bytes_moved: usize,
 }
 
-fn module_name(scheme: Scheme, reduction: Reduction) -> String {
-    format!("{}_{}", shaders::format_source(scheme).0, reduction.name())
+fn module_name(scheme: Scheme, variant: KernelVariant) -> String {
+    format!("{}_{}", shaders::format_source(scheme).0, variant.name())
+}
+
+/// Activations per row in a buffer read as vec4.
+fn vec4_stride(elems: usize) -> usize {
+    elems.next_multiple_of(4)
 }
 
 fn constants(scheme: Scheme) -> Vec<(&'static str, f64)> {
@@ -109,12 +117,12 @@ struct PassSpec<'a> {
     accumulate: bool,
 }
 
-fn make_pass(ctx: &GpuContext, s: &PassSpec, reduction: Reduction) -> Result<Pass> {
+fn make_pass(ctx: &GpuContext, s: &PassSpec, variant: KernelVariant) -> Result<Pass> {
     let gemv = s.m == 1;
     let entry = if gemv { "gemv" } else { "gemm" };
     let pipeline = ctx.pipeline(
-        &module_name(s.scheme, reduction),
-        || shaders::matmul_module(s.scheme, reduction),
+        &module_name(s.scheme, variant),
+        || shaders::matmul_module(s.scheme, variant),
         entry,
         &constants(s.scheme),
         true,
@@ -148,7 +156,7 @@ fn make_pass(ctx: &GpuContext, s: &PassSpec, reduction: Reduction) -> Result<Pas
         })
     })?;
     let groups = if gemv {
-        let total = (s.n as u32).div_ceil(GEMV_ROWS);
+        let total = (s.n as u32).div_ceil(variant.rows);
         let x = total.min(MAX_GROUPS_PER_DIM);
         (x, total.div_ceil(x))
     } else {
@@ -166,20 +174,29 @@ fn make_pass(ctx: &GpuContext, s: &PassSpec, reduction: Reduction) -> Result<Pas
 
 impl MatmulPlan {
     /// Plans Y[m, n] = X[m, k] W^T for `m` activation rows (1 = GEMV kernels, more = GEMM).
-    pub fn new(ctx: &GpuContext, w: &GpuMatrix, m: usize, reduction: Reduction) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, w: &GpuMatrix, m: usize, variant: KernelVariant) -> Result<Self> {
         if m == 0 {
             return Err(Error::InvalidArgument { reason: "a matmul needs at least one activation row".into() });
         }
-        if reduction == Reduction::Subgroup && !ctx.features.subgroup {
-            return Err(Error::Unsupported {
-                what: format!("subgroup kernels on {} (no SUBGROUP feature)", ctx.adapter_name()),
+        let unsupported = |what: &str| Err(Error::Unsupported { what: format!("{what} on {}", ctx.adapter_name()) });
+        if variant.reduction == Reduction::Subgroup && !ctx.features.subgroup {
+            return unsupported("subgroup kernels (no SUBGROUP feature)");
+        }
+        if variant.activation == Activation::F16 && !ctx.features.shader_f16 {
+            return unsupported("f16 activations (no SHADER_F16 feature)");
+        }
+        if !GEMV_ROW_CHOICES.contains(&variant.rows) {
+            return Err(Error::InvalidArgument {
+                reason: format!("GEMV rows per workgroup must be one of {GEMV_ROW_CHOICES:?}, not {}", variant.rows),
             });
         }
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-        let x_stride = w.scheme.padded_k(w.k);
-        // Padding stays zero (buffers start zeroed and runs write only the first k of a row), so
-        // the padded weight codes multiply zeros.
-        let x = ctx.zeroed_buffer("activations", (m * x_stride * 4) as u64, storage)?;
+        let act_bytes = variant.activation.bytes();
+        let x_stride = vec4_stride(w.scheme.padded_k(w.k));
+        // Padding stays zero (x_host is zeroed once and runs write only the first k of a row),
+        // so the padded weight codes multiply zeros.
+        let x_len = m * x_stride * act_bytes;
+        let x = ctx.zeroed_buffer("activations", x_len as u64, storage)?;
         let y = ctx.zeroed_buffer("outputs", (m * w.n * 4) as u64, storage)?;
         let staging = ctx.zeroed_buffer(
             "read-back",
@@ -199,12 +216,13 @@ impl MatmulPlan {
             y_stride: w.n,
             accumulate: false,
         };
-        let mut passes = vec![make_pass(ctx, &main, reduction)?];
-        let mut bytes_moved = w.weight_bytes + m * (w.k + w.n) * 4;
+        let mut passes = vec![make_pass(ctx, &main, variant)?];
+        let mut bytes_moved = w.weight_bytes + m * (w.k * act_bytes + w.n * 4);
         let mut lorc_buffers = Vec::new();
         if let Some((rank, u, v)) = &w.lorc {
-            // t = V^T x ([m, rank]), then y += U t: two f16 products.
-            let t_stride = Scheme::F16.padded_k(*rank);
+            // t = V^T x ([m, rank], f32), then y += U t: two f16-weight products. The second
+            // reads t, which is f32 whatever the variant's activations are.
+            let t_stride = vec4_stride(Scheme::F16.padded_k(*rank));
             let t = ctx.zeroed_buffer("lorc t", (m * t_stride * 4) as u64, storage)?;
             let dummy = ctx.storage_buffer("no scales", &[])?;
             let v_spec = PassSpec {
@@ -233,8 +251,8 @@ impl MatmulPlan {
                 y_stride: w.n,
                 accumulate: true,
             };
-            passes.push(make_pass(ctx, &v_spec, reduction)?);
-            passes.push(make_pass(ctx, &u_spec, reduction)?);
+            passes.push(make_pass(ctx, &v_spec, variant)?);
+            passes.push(make_pass(ctx, &u_spec, KernelVariant { activation: Activation::F32, ..variant })?);
             bytes_moved += m * (w.n + w.k) * 4;
             lorc_buffers.extend([t, dummy]);
         }
@@ -242,8 +260,9 @@ impl MatmulPlan {
             m,
             n: w.n,
             k: w.k,
-            reduction,
+            variant,
             x_stride,
+            x_host: Mutex::new(vec![0u8; x_len]),
             x,
             y,
             staging,
@@ -266,18 +285,26 @@ impl MatmulPlan {
         }
     }
 
-    /// Writes `x` ([m, k], row-major) into the padded activation buffer.
+    /// Writes `x` ([m, k], row-major) into the activation buffer: padded rows, f16 if the
+    /// variant stores f16.
     pub fn upload_x(&self, ctx: &GpuContext, x: &[f32]) -> Result<()> {
         if x.len() != self.m * self.k {
             return Err(Error::shape("gpu matmul", format!("x of {} x {}", self.m, self.k), x.len()));
         }
-        if self.x_stride == self.k {
-            ctx.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(x));
-        } else {
-            for (i, row) in x.chunks_exact(self.k).enumerate() {
-                ctx.queue.write_buffer(&self.x, (i * self.x_stride * 4) as u64, bytemuck::cast_slice(row));
+        let mut host =
+            self.x_host.lock().map_err(|_| Error::Unsupported { what: "activation staging lock poisoned".into() })?;
+        let bytes = self.variant.activation.bytes();
+        for (row, dst) in x.chunks_exact(self.k).zip(host.chunks_exact_mut(self.x_stride * bytes)) {
+            match self.variant.activation {
+                Activation::F32 => dst[..self.k * 4].copy_from_slice(bytemuck::cast_slice(row)),
+                Activation::F16 => {
+                    for (v, d) in row.iter().zip(dst.chunks_exact_mut(2)) {
+                        d.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                    }
+                }
             }
         }
+        ctx.queue.write_buffer(&self.x, 0, &host);
         Ok(())
     }
 
@@ -297,9 +324,9 @@ impl MatmulPlan {
 
 /// Convenience: uploads `w`, plans and runs one product. For tests and one-off calls; loops keep
 /// a [`MatmulPlan`].
-pub fn matmul_once(ctx: &GpuContext, w: &MatrixView, x: &[f32], m: usize, reduction: Reduction) -> Result<Vec<f32>> {
+pub fn matmul_once(ctx: &GpuContext, w: &MatrixView, x: &[f32], m: usize, variant: KernelVariant) -> Result<Vec<f32>> {
     let gw = GpuMatrix::upload(ctx, w)?;
-    let plan = MatmulPlan::new(ctx, &gw, m, reduction)?;
+    let plan = MatmulPlan::new(ctx, &gw, m, variant)?;
     let mut y = vec![0f32; m * w.n];
     plan.run(ctx, x, &mut y)?;
     Ok(y)

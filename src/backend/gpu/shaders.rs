@@ -1,12 +1,15 @@
-//! The one table of WGSL sources, embedded at build time. A kernel module is assembled from the
-//! shared prelude, a reduction variant and a format's file (WGSL has no includes).
+//! The one table of WGSL sources, embedded at build time. A kernel module is assembled from a
+//! generated header (the variant's constants), the shared prelude, an activation reader, a
+//! reduction, a format's file and the GEMM tile (WGSL has no includes).
 
 use crate::tensor::Scheme;
 
 pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+pub const ACT_F32: &str = include_str!("../../../shaders/act_f32.wgsl");
+pub const ACT_F16: &str = include_str!("../../../shaders/act_f16.wgsl");
 pub const REDUCE_SHARED: &str = include_str!("../../../shaders/reduce_shared.wgsl");
 pub const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
-pub const GEMM_TILE: &str = include_str!("../../../shaders/gemm_tile.wgsl");
+pub const GEMM_TILE_SRC: &str = include_str!("../../../shaders/gemm_tile.wgsl");
 pub const MATMUL_F32: &str = include_str!("../../../shaders/matmul_f32.wgsl");
 pub const MATMUL_F16: &str = include_str!("../../../shaders/matmul_f16.wgsl");
 pub const MATMUL_Q8: &str = include_str!("../../../shaders/matmul_q8.wgsl");
@@ -15,11 +18,13 @@ pub const MATMUL_FP4: &str = include_str!("../../../shaders/matmul_fp4.wgsl");
 pub const COPY: &str = include_str!("../../../shaders/copy.wgsl");
 
 /// Every .wgsl file with its name, for validation and listing.
-pub const ALL_FILES: [(&str, &str); 10] = [
+pub const ALL_FILES: [(&str, &str); 12] = [
     ("common.wgsl", COMMON),
+    ("act_f32.wgsl", ACT_F32),
+    ("act_f16.wgsl", ACT_F16),
     ("reduce_shared.wgsl", REDUCE_SHARED),
     ("reduce_subgroup.wgsl", REDUCE_SUBGROUP),
-    ("gemm_tile.wgsl", GEMM_TILE),
+    ("gemm_tile.wgsl", GEMM_TILE_SRC),
     ("matmul_f32.wgsl", MATMUL_F32),
     ("matmul_f16.wgsl", MATMUL_F16),
     ("matmul_q8.wgsl", MATMUL_Q8),
@@ -27,6 +32,12 @@ pub const ALL_FILES: [(&str, &str); 10] = [
     ("matmul_fp4.wgsl", MATMUL_FP4),
     ("copy.wgsl", COPY),
 ];
+
+/// Threads per GEMV workgroup and the GEMM tile edge (the `WG` and `TILE` constants).
+pub const GEMV_THREADS: u32 = 256;
+pub const GEMM_TILE: u32 = 16;
+/// GEMV rows per workgroup the variants may use (`ROWS`).
+pub const GEMV_ROW_CHOICES: [u32; 3] = [4, 8, 16];
 
 /// How the GEMV reduces partial sums across a workgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +57,51 @@ impl Reduction {
     }
 }
 
+/// How activations are stored on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    F32,
+    /// Half the activation traffic; needs SHADER_F16. Inputs are rounded to f16.
+    F16,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::F32 => "f32",
+            Activation::F16 => "f16",
+        }
+    }
+
+    /// Bytes per stored activation.
+    pub fn bytes(self) -> usize {
+        match self {
+            Activation::F32 => 4,
+            Activation::F16 => 2,
+        }
+    }
+}
+
+/// One compiled form of the matmul kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelVariant {
+    pub reduction: Reduction,
+    pub activation: Activation,
+    /// GEMV output rows per workgroup (one of [`GEMV_ROW_CHOICES`]).
+    pub rows: u32,
+}
+
+impl KernelVariant {
+    /// The portable variant: runs on any WebGPU device.
+    pub const PORTABLE: KernelVariant =
+        KernelVariant { reduction: Reduction::Shared, activation: Activation::F32, rows: 4 };
+
+    /// e.g. `subgroup-f16-r8`.
+    pub fn name(self) -> String {
+        format!("{}-{}-r{}", self.reduction.name(), self.activation.name(), self.rows)
+    }
+}
+
 /// The format-specific file for a scheme.
 pub fn format_source(scheme: Scheme) -> (&'static str, &'static str) {
     match scheme {
@@ -58,10 +114,20 @@ pub fn format_source(scheme: Scheme) -> (&'static str, &'static str) {
 }
 
 /// The full source of a matmul module (entry points `gemv` and `gemm`).
-pub fn matmul_module(scheme: Scheme, reduction: Reduction) -> String {
-    let reduce = match reduction {
+pub fn matmul_module(scheme: Scheme, v: KernelVariant) -> String {
+    let enable = if v.activation == Activation::F16 { "enable f16;\n" } else { "" };
+    let header = format!(
+        "{enable}// variant {}\nconst WG: u32 = {GEMV_THREADS}u;\nconst ROWS: u32 = {}u;\nconst TILE: u32 = {GEMM_TILE}u;\n",
+        v.name(),
+        v.rows
+    );
+    let act = match v.activation {
+        Activation::F32 => ACT_F32,
+        Activation::F16 => ACT_F16,
+    };
+    let reduce = match v.reduction {
         Reduction::Shared => REDUCE_SHARED,
         Reduction::Subgroup => REDUCE_SUBGROUP,
     };
-    [COMMON, reduce, format_source(scheme).1, GEMM_TILE].join("\n")
+    [header.as_str(), COMMON, act, reduce, format_source(scheme).1, GEMM_TILE_SRC].join("\n")
 }
