@@ -17,13 +17,22 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$
 timeout 120 $bin selftest --backend gpu --json > "$out/selftest.json"; echo "selftest exit $?"
 grep -m1 '"passed"' "$out/selftest.json"
 
-# GEMV at the sizes the issue asks for, both reductions, against the WGSL copy ceiling.
+# GEMV at the sizes the issue asks for, against the WGSL copy ceiling: every format, then a
+# sweep of the kernel variants (reduction x activation storage x rows per workgroup) for q4/fp4.
 : > "$out/bench.jsonl"
 for size in 8192 16384; do
-  for w in q4 q4g32 fp4 fp4g128-f16 q8 f16; do
+  for w in q4 fp4 f16 q8 q4g32 fp4g128-f16; do
+    timeout 60 $bin bench gemv --backend gpu --weights $w --n $size --k $size --runs 20 --json \
+      >> "$out/bench.jsonl" || echo "bench $w $size failed"
+  done
+  for w in q4 fp4; do
     for red in shared subgroup; do
-      timeout 60 $bin bench gemv --backend gpu --weights $w --n $size --k $size --runs 20 \
-        --reduction $red --json >> "$out/bench.jsonl" || echo "bench $w $size $red failed"
+      for act in f32 f16; do
+        for rows in 4 8 16; do
+          timeout 60 $bin bench gemv --backend gpu --weights $w --n $size --k $size --runs 20 --json \
+            --reduction $red --act $act --rows $rows >> "$out/bench.jsonl" || echo "bench $w $size $red $act $rows failed"
+        done
+      done
     done
   done
 done
