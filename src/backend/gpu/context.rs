@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::pool::{size_class, BufferPool, PooledBuffer};
 use crate::error::{Error, Result};
 
 /// Environment variable that allows software adapters (lavapipe, WARP); tests and CI set it.
@@ -52,6 +53,7 @@ pub struct GpuContext {
     pub matmul_layout: wgpu::BindGroupLayout,
     matmul_pipeline_layout: wgpu::PipelineLayout,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pool: Arc<BufferPool>,
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -169,6 +171,7 @@ impl GpuContext {
             matmul_layout,
             matmul_pipeline_layout,
             pipelines: Mutex::new(HashMap::new()),
+            pool: Arc::new(BufferPool::default()),
             lost,
         })
     }
@@ -284,6 +287,37 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         })
+    }
+
+    /// A zeroed buffer of at least `size` bytes from the pool (allocated if none is free).
+    pub fn pooled_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<PooledBuffer> {
+        let class = size_class(size);
+        let buffer = match self.pool.take(usage, class) {
+            Some(b) => b,
+            None => {
+                self.check_size(label, class)?;
+                self.scoped(&format!("allocating {label} ({class} bytes)"), || {
+                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: class,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                })?
+            }
+        };
+        // Reused buffers hold old values (possibly NaN); kernels rely on zero padding.
+        if usage.contains(wgpu::BufferUsages::COPY_DST) && !usage.contains(wgpu::BufferUsages::MAP_READ) {
+            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("clear") });
+            enc.clear_buffer(&buffer, 0, None);
+            self.queue.submit([enc.finish()]);
+        }
+        Ok(PooledBuffer::new(buffer, self.pool.clone()))
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn pooled_free(&self) -> usize {
+        self.pool.free_count()
     }
 
     fn check_size(&self, label: &str, size: u64) -> Result<()> {

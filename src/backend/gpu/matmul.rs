@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::context::GpuContext;
+use super::pool::PooledBuffer;
 use std::sync::Mutex;
 
 use super::shaders::{self, Activation, KernelVariant, Reduction, GEMM_TILE, GEMV_ROW_CHOICES};
@@ -77,12 +78,12 @@ pub struct MatmulPlan {
     /// Host-side staging for x in the buffer's layout (padding and f16 conversion), reused by
     /// every run so runs do not allocate.
     x_host: Mutex<Vec<u8>>,
-    x: wgpu::Buffer,
-    y: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    x: PooledBuffer,
+    y: PooledBuffer,
+    staging: PooledBuffer,
     passes: Vec<Pass>,
     /// LoRC's intermediate V^T x and the empty scale buffer its f16 passes bind.
-    _lorc_buffers: Vec<wgpu::Buffer>,
+    _lorc_buffers: Vec<PooledBuffer>,
     /// Bytes one run must move: weights, scales, activations in, outputs out.
     pub bytes_moved: usize,
 }
@@ -193,16 +194,13 @@ impl MatmulPlan {
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let act_bytes = variant.activation.bytes();
         let x_stride = vec4_stride(w.scheme.padded_k(w.k));
-        // Padding stays zero (x_host is zeroed once and runs write only the first k of a row),
-        // so the padded weight codes multiply zeros.
+        // Padding is zero (x_host is zeroed once, runs write only the first k of a row, and every
+        // upload writes the whole row), so the padded weight codes multiply zeros.
         let x_len = m * x_stride * act_bytes;
-        let x = ctx.zeroed_buffer("activations", x_len as u64, storage)?;
-        let y = ctx.zeroed_buffer("outputs", (m * w.n * 4) as u64, storage)?;
-        let staging = ctx.zeroed_buffer(
-            "read-back",
-            (m * w.n * 4) as u64,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
+        let x = ctx.pooled_buffer("activations", x_len as u64, storage)?;
+        let y = ctx.pooled_buffer("outputs", (m * w.n * 4) as u64, storage)?;
+        let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let staging = ctx.pooled_buffer("read-back", (m * w.n * 4) as u64, read)?;
         let main = PassSpec {
             scheme: w.scheme,
             n: w.n,
@@ -223,8 +221,8 @@ impl MatmulPlan {
             // t = V^T x ([m, rank], f32), then y += U t: two f16-weight products. The second
             // reads t, which is f32 whatever the variant's activations are.
             let t_stride = vec4_stride(Scheme::F16.padded_k(*rank));
-            let t = ctx.zeroed_buffer("lorc t", (m * t_stride * 4) as u64, storage)?;
-            let dummy = ctx.storage_buffer("no scales", &[])?;
+            let t = ctx.pooled_buffer("lorc t", (m * t_stride * 4) as u64, storage)?;
+            let dummy = ctx.pooled_buffer("no scales", 16, storage)?;
             let v_spec = PassSpec {
                 scheme: Scheme::F16,
                 n: *rank,
