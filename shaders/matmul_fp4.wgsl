@@ -2,11 +2,13 @@
 // bytes per word) or f16 (two per word), chosen by the FP4_SCALE_F16 override.
 // E2M1 codes are turned into f32 bit patterns arithmetically (no table): for magnitude code
 // c >= 2 the value is 2^((c>>1)-1) * (1 + (c&1)/2), i.e. exponent (c>>1)+126 and mantissa bit
-// c&1; code 1 is 0.5 and code 0 is 0; bit 3 is the sign.
+// c&1; code 1 is 0.5 and code 0 is 0; bit 3 is the sign. (Building 0.5 as a subnormal and
+// rescaling would be cheaper, but WGSL lets implementations flush subnormals to zero.)
+// The GEMV reads 16 bytes (32 codes) per thread and row, as the q4 kernel does.
 
 override FP4_SCALE_F16: bool = false;
 
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> aux: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -29,8 +31,19 @@ fn group_scale(row: u32, g: u32) -> f32 {
     return select(bitcast<f32>(e << 23u), bitcast<f32>(1u << 22u), e == 0u);
 }
 
+fn word_at(i: u32) -> u32 {
+    return w[i / 4u][i % 4u];
+}
+
+// sum over the 8 codes of `word` times the 8 activations starting at vec4 index xi.
+fn word_dot(word: u32, xi: u32) -> f32 {
+    let lo = e2m1((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+    let hi = e2m1((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+    return dot(lo, x4(xi)) + dot(hi, x4(xi + 1u));
+}
+
 fn weight_at(row: u32, col: u32) -> f32 {
-    let word = w[row * p.row_words + col / 8u];
+    let word = word_at(row * p.row_words + col / 8u);
     let v = e2m1(vec4<u32>((word >> (4u * (col % 8u))) & 15u));
     return v.x * group_scale(row, col / (p.group_words * 8u));
 }
@@ -38,17 +51,16 @@ fn weight_at(row: u32, col: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn gemv(lane: Lane) {
     let row0 = flat_group(lane.wid, lane.nwg) * ROWS;
+    let row_vecs = p.row_words / 4u;
     var acc: array<f32, ROWS>;
-    for (var j = lane.lid; j < p.row_words; j += WG) {
-        let x0 = x4(2u * j);
-        let x1 = x4(2u * j + 1u);
-        let g = j / p.group_words;
+    for (var j = lane.lid; j < row_vecs; j += WG) {
+        let xi = 8u * j;
+        let g = (4u * j) / p.group_words;
         for (var r = 0u; r < ROWS; r++) {
             let row = min(row0 + r, p.n - 1u);
-            let word = w[row * p.row_words + j];
-            let lo = e2m1((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-            let hi = e2m1((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-            acc[r] = fma(group_scale(row, g), dot(lo, x0) + dot(hi, x1), acc[r]);
+            let wv = w[row * row_vecs + j];
+            let vx = word_dot(wv.x, xi) + word_dot(wv.y, xi + 2u) + word_dot(wv.z, xi + 4u) + word_dot(wv.w, xi + 6u);
+            acc[r] = fma(group_scale(row, g), vx, acc[r]);
         }
     }
     let total = reduce_rows(lane, acc);
