@@ -13,7 +13,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{Component, Kpak, LoadedMatrix, SectionInfo, TensorInfo, Verify};
+pub use reader::{header_crc, Component, Kpak, LoadedMatrix, SectionInfo, TensorInfo, Verify};
 pub use writer::KpakWriter;
 
 /// First eight bytes of every .kpak file. The high byte and the CR LF / ^Z catch text-mode copies
@@ -25,8 +25,9 @@ pub const VERSION_MINOR: u16 = 0;
 
 pub const HEADER_LEN: usize = 64;
 pub const SECTION_ENTRY_LEN: usize = 32;
-/// Bytes of the header covered by the header checksum start here (after magic, version, CRC).
-pub const HEADER_CRC_START: usize = 16;
+/// The header checksum field: bytes 12..16. The checksum covers the header and the section
+/// table except these four bytes.
+pub const HEADER_CRC_FIELD: std::ops::Range<usize> = 12..16;
 /// Every tensor component (and the DATA section) starts on this boundary, so it can be bound to
 /// the GPU straight from the mapping (wgpu's storage-buffer offset alignment is at most 256).
 pub const DATA_ALIGN: u64 = 256;
@@ -41,6 +42,8 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub const MAX_META_VALUE_LEN: usize = 16 << 20;
 pub const MAX_RANK: usize = 8;
 pub const MAX_DIM: u64 = 1 << 32;
+/// Elements of one tensor (the product of its dimensions).
+pub const MAX_ELEMENTS: u64 = 1 << 40;
 pub const MAX_COMPONENTS: usize = 8;
 
 /// Tensor record flag bits.

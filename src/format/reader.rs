@@ -3,7 +3,7 @@
 //! Every count, offset and length is checked against the file before it is used, and nothing is
 //! allocated in proportion to a count that the file's own length does not bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::*;
@@ -155,6 +155,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The header checksum: CRC-32 of the header and section table without the checksum field
+/// itself (bytes 12..16), so magic and version are covered too.
+pub fn header_crc(header_and_table: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header_and_table[..12]);
+    h.update(&header_and_table[16..]);
+    h.finalize()
+}
+
 fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
 }
@@ -205,7 +214,10 @@ impl Kpak {
             return Err(Error::UnsupportedVersion { major, minor, supported: VERSION_MAJOR });
         }
         let section_count = le_u32(b, 24);
-        if section_count == 0 || section_count > MAX_SECTIONS {
+        if section_count == 0 {
+            return Err(Error::malformed("header", 24, "section count is 0 (META, TENSORS and DATA are required)"));
+        }
+        if section_count > MAX_SECTIONS {
             return Err(Error::LimitExceeded {
                 what: "section count",
                 value: section_count as u64,
@@ -217,7 +229,7 @@ impl Kpak {
             return Err(Error::Truncated { what: "section table".into(), needed: table_end, file_len });
         }
         let stored = le_u32(b, 12);
-        let computed = crc32(&b[HEADER_CRC_START..table_end as usize]);
+        let computed = header_crc(&b[..table_end as usize]);
         if stored != computed {
             return Err(Error::HeaderChecksum { stored, computed });
         }
@@ -228,8 +240,8 @@ impl Kpak {
         if declared != file_len {
             return Err(Error::FileLengthMismatch { declared, actual: file_len });
         }
-        if le_u32(b, 28) != 0 || b[32..64].iter().any(|&x| x != 0) {
-            return Err(Error::malformed("header", 28, "reserved header fields must be zero"));
+        if let Some(i) = b[28..HEADER_LEN].iter().position(|&x| x != 0) {
+            return Err(Error::malformed("header", 28 + i as u64, "reserved header bytes must be zero"));
         }
 
         let sections = Self::parse_sections(b, section_count as usize, table_end)?;
@@ -238,6 +250,7 @@ impl Kpak {
         };
         let (meta_s, tensors_s, data_s) =
             (section(SectionKind::Meta)?, section(SectionKind::Tensors)?, section(SectionKind::Data)?);
+        Self::check_padding(b, &sections, table_end)?;
         for s in &sections {
             if s.kind == SectionKind::Data && verify == Verify::Structure {
                 continue;
@@ -256,15 +269,32 @@ impl Kpak {
                 return Err(Error::DuplicateTensor { name: t.name.clone() });
             }
         }
-        let pak = Kpak { version: (major, minor), sections, metadata, tensors, by_name, data_verified: false, storage };
-        let mut pak = pak;
+        let mut pak =
+            Kpak { version: (major, minor), sections, metadata, tensors, by_name, data_verified: false, storage };
         if verify == Verify::Full {
             for t in &pak.tensors {
                 pak.verify_tensor(t)?;
+                pak.validate_values(t)?;
             }
             pak.data_verified = true;
         }
         Ok(pak)
+    }
+
+    /// Bytes outside the header, the table and the sections carry no checksum: they must be
+    /// zero, so that no byte of a valid file can change unnoticed.
+    fn check_padding(b: &[u8], sections: &[SectionInfo], table_end: u64) -> Result<()> {
+        let file_len = b.len() as u64;
+        let mut spans: Vec<(u64, u64)> = sections.iter().map(|s| (s.offset, s.offset + s.len)).collect();
+        spans.sort_unstable();
+        let mut at = table_end;
+        for (start, end) in spans.into_iter().chain([(file_len, file_len)]) {
+            if let Some(i) = b[at as usize..start as usize].iter().position(|&x| x != 0) {
+                return Err(Error::malformed("padding", at + i as u64, "bytes between sections must be zero"));
+            }
+            at = end;
+        }
+        Ok(())
     }
 
     fn parse_sections(b: &[u8], count: usize, table_end: u64) -> Result<Vec<SectionInfo>> {
@@ -324,6 +354,7 @@ impl Kpak {
             });
         }
         let mut out: Vec<(String, String)> = Vec::with_capacity(count as usize);
+        let mut seen = HashSet::with_capacity(count as usize);
         for _ in 0..count {
             let (klen, vlen) = (c.u32("key length")? as usize, c.u32("value length")? as usize);
             if klen == 0 || klen > MAX_NAME_LEN {
@@ -342,7 +373,7 @@ impl Kpak {
             }
             let key = c.str(klen, "metadata key")?;
             let value = c.str(vlen, "metadata value")?;
-            if out.iter().any(|(k, _)| k == key) {
+            if !seen.insert(key) {
                 return Err(Error::DuplicateMetadata { key: key.to_string() });
             }
             out.push((key.to_string(), value.to_string()));
@@ -429,7 +460,7 @@ impl Kpak {
             }
             shape.push(d);
         }
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= 1 << 40);
+        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS);
         let Some(numel) = numel else { return bad(format!("shape {shape:?} has too many elements")) };
 
         let scheme = match format {
@@ -559,6 +590,67 @@ impl Kpak {
                     computed,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the values a kernel would read: weights, scales and LoRC factors are finite, E8M0
+    /// scales are not the NaN code, and f16 row padding is zero (padding meets zero activations,
+    /// and NaN * 0 is NaN). Runs in [`Verify::Full`].
+    pub fn validate_values(&self, t: &TensorInfo) -> Result<()> {
+        let bad = |what: &str, at: usize| Err(Error::invalid_tensor(&t.name, format!("{what} at word {at}")));
+        let finite_f32 = |words: &[u32], what: &str| match words.iter().position(|&w| !f32::from_bits(w).is_finite()) {
+            Some(i) => bad(&format!("non-finite {what}"), i),
+            None => Ok(()),
+        };
+        // f16 rows of `k` values: every value finite, the padding half (odd k) zero.
+        let f16_rows = |words: &[u32], k: usize, what: &str| {
+            let row_words = Scheme::F16.row_words(k);
+            for (r, row) in words.chunks_exact(row_words.max(1)).enumerate() {
+                for (i, &w) in row.iter().enumerate() {
+                    let (lo, hi) = (w as u16, (w >> 16) as u16);
+                    let hi_is_padding = 2 * i + 1 >= k;
+                    if !half::f16::from_bits(lo).is_finite()
+                        || (!hi_is_padding && !half::f16::from_bits(hi).is_finite())
+                    {
+                        return bad(&format!("non-finite {what}"), r * row_words + i);
+                    }
+                    if hi_is_padding && hi != 0 {
+                        return bad(&format!("non-zero {what} row padding"), r * row_words + i);
+                    }
+                }
+            }
+            Ok(())
+        };
+        let k = t.shape.last().copied().unwrap_or(1) as usize;
+        match t.scheme {
+            Scheme::F32 => finite_f32(self.words(t, ComponentKind::Data), "value")?,
+            Scheme::F16 => f16_rows(self.words(t, ComponentKind::Data), k, "value")?,
+            Scheme::Q8 => finite_f32(self.words(t, ComponentKind::Scales), "scale")?,
+            Scheme::Q4 { .. } => {
+                let params = self.words(t, ComponentKind::Params);
+                if let Some(i) = params.iter().position(|&p| {
+                    !half::f16::from_bits(p as u16).is_finite() || !half::f16::from_bits((p >> 16) as u16).is_finite()
+                }) {
+                    return bad("non-finite group parameter", i);
+                }
+            }
+            Scheme::Fp4 { scale: Fp4Scale::E8M0, .. } => {
+                let groups = t.scheme.groups(k);
+                let row_words = t.scheme.aux_row_words(k);
+                for (r, row) in self.words(t, ComponentKind::Scales).chunks_exact(row_words).enumerate() {
+                    if let Some(g) = (0..groups).find(|&g| (row[g / 4] >> (8 * (g % 4))) & 0xFF == 0xFF) {
+                        return bad("E8M0 scale 0xFF (NaN)", r * row_words + g / 4);
+                    }
+                }
+            }
+            Scheme::Fp4 { scale: Fp4Scale::F16, .. } => {
+                f16_rows(self.words(t, ComponentKind::Scales), t.scheme.groups(k), "scale")?
+            }
+        }
+        if t.lorc_rank > 0 {
+            f16_rows(self.words(t, ComponentKind::LorcU), t.lorc_rank, "LoRC U value")?;
+            f16_rows(self.words(t, ComponentKind::LorcV), k, "LoRC V value")?;
         }
         Ok(())
     }

@@ -238,7 +238,7 @@ impl KpakWriter {
             out[e + 8..e + 16].copy_from_slice(&off.to_le_bytes());
             out[e + 16..e + 24].copy_from_slice(&len.to_le_bytes());
         }
-        let header_crc = crc32(&out[HEADER_CRC_START..table_end as usize]);
+        let header_crc = super::reader::header_crc(&out[..table_end as usize]);
         out[12..16].copy_from_slice(&header_crc.to_le_bytes());
         out
     }
