@@ -6,8 +6,6 @@
 //! would. The file layout is found by a small independent parser written from docs/FORMAT.md
 //! (`FileLayout`), which doubles as a check of the specification.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -23,53 +21,11 @@ use kestrel::Error;
 // Allocation accounting: proves that hostile counts fail before anything is allocated for them.
 // ---------------------------------------------------------------------------------------------
 
-/// Forwards to the system allocator and records, per thread, the largest single request and the
-/// total requested since the last `reset`.
-struct CountingAlloc;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-    static TOTAL: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note_alloc(size: usize) {
-    // `try_with`: the thread-locals may already be gone while a thread is being torn down. They
-    // are const-initialised `Cell`s, so touching them never allocates (no recursion).
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-    let _ = TOTAL.try_with(|t| t.set(t.get().saturating_add(size)));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters
-// are plain thread-local cells that neither allocate nor unwind.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+mod common;
+use common::measure_allocs;
 
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Runs `f` and returns its result with (largest single allocation, total allocated) on this
-/// thread while it ran.
-fn measure_allocs<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
-    LARGEST.with(|l| l.set(0));
-    TOTAL.with(|t| t.set(0));
-    let out = f();
-    (out, LARGEST.with(Cell::get), TOTAL.with(Cell::get))
-}
+static ALLOC: common::CountingAlloc = common::CountingAlloc;
 
 // ---------------------------------------------------------------------------------------------
 // The fixture: a small valid file with every kind of tensor.

@@ -18,8 +18,6 @@
 //! In every case an opened file must decode: every matrix view, dequantization, LoRC product,
 //! f32 read-out and bit switch works without panicking.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, OnceLock};
@@ -40,41 +38,11 @@ const PARSE_TIMEOUT: Duration = Duration::from_secs(5);
 // Allocation accounting (per thread).
 // ---------------------------------------------------------------------------------------------
 
-struct CountingAlloc;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-    static TOTAL: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note_alloc(size: usize) {
-    // Const-initialised cells without destructors: touching them never allocates.
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-    let _ = TOTAL.try_with(|t| t.set(t.get().saturating_add(size)));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters
-// are plain thread-local cells that neither allocate nor unwind.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+mod common;
+use common::measure_allocs;
 
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+static ALLOC: common::CountingAlloc = common::CountingAlloc;
 
 // ---------------------------------------------------------------------------------------------
 // The original file and what it decodes to.
@@ -387,10 +355,7 @@ fn guarded_open(bytes: Vec<u8>) -> Result<Run, TestCaseError> {
     std::thread::spawn(move || {
         let start = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            LARGEST.with(|l| l.set(0));
-            TOTAL.with(|t| t.set(0));
-            let opened = Kpak::from_bytes(&bytes, Verify::Full);
-            let (largest, total) = (LARGEST.with(Cell::get), TOTAL.with(Cell::get));
+            let (opened, largest, total) = measure_allocs(|| Kpak::from_bytes(&bytes, Verify::Full));
             let outcome = match opened {
                 Ok(pak) => Outcome::Opened(decode(&pak)),
                 Err(e) => {

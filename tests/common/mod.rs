@@ -1,0 +1,57 @@
+//! Helpers shared by integration tests. Each test binary includes this with `mod common;` and
+//! installs the allocator itself:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static ALLOC: common::CountingAlloc = common::CountingAlloc;
+//! ```
+
+#![allow(dead_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+/// Forwards to the system allocator and records, per thread, the largest single request and the
+/// total requested since the last [`measure_allocs`] began.
+pub struct CountingAlloc;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static TOTAL: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc(size: usize) {
+    // `try_with`: the thread-locals may already be gone while a thread is being torn down. They
+    // are const-initialised `Cell`s, so touching them never allocates (no recursion).
+    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    let _ = TOTAL.try_with(|t| t.set(t.get().saturating_add(size)));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters
+// are plain thread-local cells that neither allocate nor unwind.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+/// Runs `f` and returns its result with (largest single allocation, total allocated) on this
+/// thread while it ran. Needs [`CountingAlloc`] installed as the global allocator.
+pub fn measure_allocs<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
+    LARGEST.with(|l| l.set(0));
+    TOTAL.with(|t| t.set(0));
+    let out = f();
+    (out, LARGEST.with(Cell::get), TOTAL.with(Cell::get))
+}
