@@ -45,6 +45,9 @@ pub struct BenchResult {
     pub gflops: f64,
     pub device: String,
     pub variant: String,
+    /// How time was measured: `wall-clock` (CPU, or a GPU without timestamp queries) or
+    /// `gpu-timestamps`.
+    pub timing: &'static str,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -79,6 +82,7 @@ fn finish(
         gflops: flops / (median_us * 1e3),
         device,
         variant,
+        timing: "wall-clock",
     }
 }
 
@@ -134,29 +138,82 @@ pub fn bench_cpu(cfg: &BenchConfig, w: &PackedMatrix) -> Result<BenchResult> {
     ))
 }
 
-/// Times `encode` (recording `repeat` products) on the GPU: per-product microseconds, median over
-/// `runs` submissions.
+/// GPU timestamps around a compute pass, where the device has TIMESTAMP_QUERY: device time
+/// without submission and wake-up overhead.
+struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+impl GpuTimer {
+    fn new(ctx: &GpuContext) -> Result<Option<Self>> {
+        if !ctx.features.timestamp_query {
+            return Ok(None);
+        }
+        let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("bench timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve =
+            ctx.zeroed_buffer("timestamps", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
+        let readback =
+            ctx.zeroed_buffer("timestamp read-back", 16, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        Ok(Some(Self { queries, resolve, readback }))
+    }
+
+    fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Seconds between the two timestamps of the last finished submission.
+    fn elapsed(&self, ctx: &GpuContext) -> Result<f64> {
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
+        enc.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
+        ctx.queue.submit([enc.finish()]);
+        let mut raw = [0f32; 4];
+        ctx.read_f32(&self.resolve, &self.readback, &mut raw)?;
+        let ticks: [u64; 2] = bytemuck::cast(raw);
+        Ok(ticks[1].wrapping_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 * 1e-9)
+    }
+}
+
+/// Records `repeat` products into one compute pass, with timestamps if given.
+type Encode<'a> = dyn Fn(&mut wgpu::CommandEncoder, usize, Option<wgpu::ComputePassTimestampWrites>) + 'a;
+
+/// Per-product microseconds of `encode`, median over `runs` submissions of `repeat` products:
+/// GPU timestamps where the device has them, otherwise wall-clock time around submit-and-wait.
 fn time_gpu(
     ctx: &GpuContext,
+    timer: Option<&GpuTimer>,
     runs: usize,
     repeat: usize,
-    encode: impl Fn(&mut wgpu::CommandEncoder, usize),
+    encode: &Encode,
 ) -> Result<Vec<f64>> {
     let submit = |repeat: usize| -> Result<f64> {
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
-        encode(&mut enc, repeat);
+        encode(&mut enc, repeat, timer.map(GpuTimer::writes));
         let t = Instant::now();
         ctx.queue.submit([enc.finish()]);
         ctx.wait()?;
-        Ok(t.elapsed().as_secs_f64() * 1e6 / repeat as f64)
+        let seconds = match timer {
+            Some(timer) => timer.elapsed(ctx)?,
+            None => t.elapsed().as_secs_f64(),
+        };
+        Ok(seconds * 1e6 / repeat as f64)
     };
     submit(1)?; // warm-up: pipelines, residency
     (0..runs).map(|_| submit(repeat)).collect()
 }
 
 /// How many products to batch per submission so one submission takes about `target_us`.
-fn batch_size(ctx: &GpuContext, target_us: f64, encode: &impl Fn(&mut wgpu::CommandEncoder, usize)) -> Result<usize> {
-    let probe = time_gpu(ctx, 1, 1, encode)?[0].max(1.0);
+fn batch_size(ctx: &GpuContext, timer: Option<&GpuTimer>, target_us: f64, encode: &Encode) -> Result<usize> {
+    let probe = time_gpu(ctx, timer, 1, 1, encode)?[0].max(1.0);
     Ok(((target_us / probe) as usize).clamp(1, 200))
 }
 
@@ -172,23 +229,26 @@ pub fn bench_gpu(ctx: &GpuContext, cfg: &BenchConfig, w: &PackedMatrix) -> Resul
     let plan = MatmulPlan::new(ctx, &gw, cfg.m, variant)?;
     let mut rng = SplitMix64::new(7);
     plan.upload_x(ctx, &rng.normal_vec(cfg.m * cfg.k))?;
-    let encode = |enc: &mut wgpu::CommandEncoder, repeat: usize| plan.encode(enc, repeat);
-    let repeat = batch_size(ctx, 20_000.0, &encode)?;
-    let mut times = time_gpu(ctx, cfg.runs, repeat, encode)?;
+    let timer = GpuTimer::new(ctx)?;
+    let encode: &Encode = &|enc, repeat, ts| plan.encode_timed(enc, repeat, ts);
+    let repeat = batch_size(ctx, timer.as_ref(), 20_000.0, encode)?;
+    let mut times = time_gpu(ctx, timer.as_ref(), cfg.runs, repeat, encode)?;
 
     let copy = CopyBench::new(ctx, gw.weight_bytes)?;
-    let copy_encode = |enc: &mut wgpu::CommandEncoder, repeat: usize| copy.encode(enc, repeat);
-    let copy_repeat = batch_size(ctx, 20_000.0, &copy_encode)?;
-    let mut copy_times = time_gpu(ctx, cfg.runs.max(5), copy_repeat, copy_encode)?;
+    let copy_encode: &Encode = &|enc, repeat, ts| copy.encode(enc, repeat, ts);
+    let copy_repeat = batch_size(ctx, timer.as_ref(), 20_000.0, copy_encode)?;
+    let mut copy_times = time_gpu(ctx, timer.as_ref(), cfg.runs.max(5), copy_repeat, copy_encode)?;
     let copy_gbps = copy.bytes_moved as f64 / (median(&mut copy_times) * 1e3);
-    Ok(finish(
+    let mut r = finish(
         &mut times,
         plan.bytes_moved,
         2.0 * (cfg.m * cfg.n * cfg.k) as f64,
         copy_gbps,
         ctx.adapter_name(),
         variant.name(),
-    ))
+    );
+    r.timing = if timer.is_some() { "gpu-timestamps" } else { "wall-clock" };
+    Ok(r)
 }
 
 /// Runs `cfg` on its backend.

@@ -434,7 +434,7 @@ fn bench_cmd(cfg: &BenchConfig, json: bool, gpu_args: &GpuArgs) -> Result<ExitCo
     let kind = if cfg.m == 1 { "gemv" } else { "gemm" };
     if json {
         let out = json!({
-            "kind": kind, "backend": cfg.backend.name(), "device": r.device, "variant": r.variant,
+            "kind": kind, "backend": cfg.backend.name(), "device": r.device, "variant": r.variant, "timing": r.timing,
             "weights": cfg.scheme.label(), "n": cfg.n, "k": cfg.k, "m": cfg.m, "runs": cfg.runs,
             "median_us": r.median_us, "min_us": r.min_us, "bytes": r.bytes,
             "gbps": r.gbps, "copy_gbps": r.copy_gbps, "ratio": r.ratio, "gflops": r.gflops,

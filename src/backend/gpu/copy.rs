@@ -55,10 +55,14 @@ impl CopyBench {
         Ok(Self { pipeline, bind_group, groups, _buffers: [src, dst, pbuf], bytes_moved: 2 * bytes })
     }
 
-    /// Records the copy `repeat` times.
-    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, repeat: usize) {
-        let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes: None });
+    /// Records the copy `repeat` times, with GPU timestamps around the pass if given.
+    pub fn encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        repeat: usize,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("copy"), timestamp_writes });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         for _ in 0..repeat {

@@ -272,8 +272,17 @@ impl MatmulPlan {
 
     /// Records the product's dispatches `repeat` times into one compute pass.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, repeat: usize) {
-        let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("matmul"), timestamp_writes: None });
+        self.encode_timed(enc, repeat, None)
+    }
+
+    /// As [`MatmulPlan::encode`], writing GPU timestamps at the start and end of the pass.
+    pub fn encode_timed(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        repeat: usize,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("matmul"), timestamp_writes });
         for _ in 0..repeat {
             for p in &self.passes {
                 pass.set_pipeline(&p.pipeline);
