@@ -92,6 +92,16 @@ pub enum Error {
     #[error("metadata key '{key}' appears more than once")]
     DuplicateMetadata { key: String },
 
+    // ---- ONNX import ----
+    #[error("malformed ONNX file at byte {offset}: {reason}")]
+    OnnxParse { offset: u64, reason: String },
+
+    #[error("ONNX tensor '{tensor}' {reason}")]
+    OnnxTensor { tensor: String, reason: String },
+
+    #[error("ONNX node '{node}' ({op}): {reason}")]
+    OnnxNode { node: String, op: String, reason: String },
+
     // ---- numerics and kernels ----
     #[error("{op}: shape mismatch, expected {expected}, got {actual}")]
     ShapeMismatch { op: &'static str, expected: String, actual: String },

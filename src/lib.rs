@@ -3,6 +3,7 @@
 //! - [`format`]: the `.kpak` container (memory-mapped, checked, zero-copy).
 //! - [`tensor`]: weight formats and their byte layout, shared by every backend.
 //! - [`quant`]: quantizers and the float64 reference dequantizer.
+//! - [`import`]: readers for models made elsewhere (ONNX).
 //! - [`backend`]: the CPU kernels (always built) and the WGSL kernels on wgpu.
 //! - [`selftest`] and [`bench`]: the checks and measurements the CLI runs on a board.
 
@@ -11,6 +12,7 @@ pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod import;
 pub mod quant;
 pub mod rng;
 pub mod selftest;
