@@ -102,6 +102,13 @@ pub enum Error {
     #[error("ONNX node '{node}' ({op}): {reason}")]
     OnnxNode { node: String, op: String, reason: String },
 
+    #[error("unsupported ops ({count}): {ops}")]
+    UnsupportedOps { count: usize, ops: String },
+
+    // ---- graph ----
+    #[error("node '{node}' ({op}): {reason}")]
+    GraphNode { node: String, op: String, reason: String },
+
     // ---- numerics and kernels ----
     #[error("{op}: shape mismatch, expected {expected}, got {actual}")]
     ShapeMismatch { op: &'static str, expected: String, actual: String },

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod graph;
 pub mod import;
 pub mod quant;
 pub mod rng;
