@@ -6,80 +6,8 @@ use kestrel::import::onnx::{AttrValue, DataType, Dim, Model};
 use kestrel::Error;
 use proptest::prelude::*;
 
-// ---- a minimal protobuf encoder (just what these tests need) ----
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (v & 0x7F) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn key(field: u32, wire: u8, out: &mut Vec<u8>) {
-    varint(((field as u64) << 3) | wire as u64, out);
-}
-
-fn int(field: u32, v: i64, out: &mut Vec<u8>) {
-    key(field, 0, out);
-    varint(v as u64, out);
-}
-
-fn bytes(field: u32, b: &[u8], out: &mut Vec<u8>) {
-    key(field, 2, out);
-    varint(b.len() as u64, out);
-    out.extend_from_slice(b);
-}
-
-fn string(field: u32, s: &str, out: &mut Vec<u8>) {
-    bytes(field, s.as_bytes(), out);
-}
-
-fn packed_ints(field: u32, vs: &[i64], out: &mut Vec<u8>) {
-    let mut body = Vec::new();
-    for &v in vs {
-        varint(v as u64, &mut body);
-    }
-    bytes(field, &body, out);
-}
-
-fn fixed32(field: u32, v: u32, out: &mut Vec<u8>) {
-    key(field, 5, out);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn attr_ints(name: &str, vs: &[i64]) -> Vec<u8> {
-    let mut a = Vec::new();
-    string(1, name, &mut a);
-    int(20, 7, &mut a);
-    packed_ints(8, vs, &mut a);
-    a
-}
-
-fn value_info(name: &str, dims: &[Result<i64, &str>]) -> Vec<u8> {
-    let mut shape = Vec::new();
-    for d in dims {
-        let mut dim = Vec::new();
-        match d {
-            Ok(v) => int(1, *v, &mut dim),
-            Err(p) => string(2, p, &mut dim),
-        }
-        bytes(1, &dim, &mut shape);
-    }
-    let mut tensor_type = Vec::new();
-    int(1, 1, &mut tensor_type);
-    bytes(2, &shape, &mut tensor_type);
-    let mut ty = Vec::new();
-    bytes(1, &tensor_type, &mut ty);
-    let mut v = Vec::new();
-    string(1, name, &mut v);
-    bytes(2, &ty, &mut v);
-    v
-}
+mod common;
+use common::pb::*;
 
 /// A small Conv + Resize model exercising every decoded field.
 fn model_bytes() -> Vec<u8> {

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod pb;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
