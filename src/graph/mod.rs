@@ -8,6 +8,7 @@
 pub mod infer;
 pub mod onnx;
 pub mod passes;
+pub mod plan;
 
 use std::collections::HashMap;
 
