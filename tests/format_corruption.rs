@@ -659,7 +659,7 @@ fn duplicate_section() {
 
 #[test]
 fn unknown_section_kind() {
-    for kind in [0u32, 4, 0x8000_0001] {
+    for kind in [0u32, 5, 0x8000_0001] {
         let b = damaged_fixed(|b, l| wr_u32(b, l.data_s().at, kind));
         assert_err!(b, Error::UnknownSection { kind: k } if k == kind);
     }

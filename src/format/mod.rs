@@ -59,6 +59,8 @@ pub enum SectionKind {
     Meta = 1,
     Tensors = 2,
     Data = 3,
+    /// Optional: the model's graph (section 7a of docs/FORMAT.md).
+    Graph = 4,
 }
 
 impl SectionKind {
@@ -67,6 +69,7 @@ impl SectionKind {
             1 => Some(Self::Meta),
             2 => Some(Self::Tensors),
             3 => Some(Self::Data),
+            4 => Some(Self::Graph),
             _ => None,
         }
     }
@@ -76,6 +79,7 @@ impl SectionKind {
             Self::Meta => "META",
             Self::Tensors => "TENSORS",
             Self::Data => "DATA",
+            Self::Graph => "GRAPH",
         }
     }
 }

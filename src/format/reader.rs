@@ -92,6 +92,7 @@ pub struct Kpak {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     data_verified: bool,
+    graph: Option<crate::graph::Graph>,
 }
 
 /// A weight matrix ready for the kernels: borrowed from the mapping, or derived at load (bit
@@ -263,14 +264,29 @@ impl Kpak {
 
         let metadata = Self::parse_metadata(b, meta_s)?;
         let tensors = Self::parse_tensors(b, tensors_s, data_s)?;
+        let graph = match sections.iter().find(|s| s.kind == SectionKind::Graph) {
+            Some(s) => Some(crate::graph::codec::decode(&b[s.offset as usize..(s.offset + s.len) as usize], s.offset)?),
+            None => None,
+        };
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if by_name.insert(t.name.clone(), i).is_some() {
                 return Err(Error::DuplicateTensor { name: t.name.clone() });
             }
         }
-        let mut pak =
-            Kpak { version: (major, minor), sections, metadata, tensors, by_name, data_verified: false, storage };
+        if let Some(g) = &graph {
+            Self::check_graph_constants(g, &tensors, &by_name)?;
+        }
+        let mut pak = Kpak {
+            version: (major, minor),
+            sections,
+            metadata,
+            tensors,
+            by_name,
+            data_verified: false,
+            graph,
+            storage,
+        };
         if verify == Verify::Full {
             for t in &pak.tensors {
                 pak.verify_tensor(t)?;
@@ -279,6 +295,29 @@ impl Kpak {
             pak.data_verified = true;
         }
         Ok(pak)
+    }
+
+    /// Every f32 constant of the graph has a tensor of the same name with the same element count.
+    fn check_graph_constants(
+        g: &crate::graph::Graph,
+        tensors: &[TensorInfo],
+        by_name: &HashMap<String, usize>,
+    ) -> Result<()> {
+        for (&id, c) in &g.constants {
+            if !matches!(c, crate::graph::ConstData::F32(_)) {
+                continue;
+            }
+            let v = &g.values[id];
+            let bad = |reason: String| Err(Error::malformed("GRAPH", 0, format!("constant '{}': {reason}", v.name)));
+            match by_name.get(&v.name).map(|&i| &tensors[i]) {
+                None => return bad("no tensor of that name".into()),
+                Some(t) if t.numel() != v.numel() as u64 => {
+                    return bad(format!("tensor has {} elements, the value {}", t.numel(), v.numel()))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Bytes outside the header, the table and the sections carry no checksum: they must be
@@ -653,6 +692,12 @@ impl Kpak {
             f16_rows(self.words(t, ComponentKind::LorcV), k, "LoRC V value")?;
         }
         Ok(())
+    }
+
+    /// The model's graph, if the file has one. Its f32 constants are named tensors of this file
+    /// (their data in the graph is empty); integer constants are inline.
+    pub fn graph(&self) -> Option<&crate::graph::Graph> {
+        self.graph.as_ref()
     }
 
     /// The whole file.

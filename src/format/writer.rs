@@ -23,6 +23,7 @@ struct PendingTensor {
 pub struct KpakWriter {
     metadata: Vec<(String, String)>,
     tensors: Vec<PendingTensor>,
+    graph: Option<Vec<u8>>,
 }
 
 fn align_up(v: u64, a: u64) -> u64 {
@@ -116,6 +117,12 @@ impl KpakWriter {
         Ok(self)
     }
 
+    /// Sets the model's graph. Its f32 constants must be added as tensors of the same names.
+    pub fn graph(&mut self, g: &crate::graph::Graph) -> Result<&mut Self> {
+        self.graph = Some(crate::graph::codec::encode(g)?);
+        Ok(self)
+    }
+
     /// Adds an f32 tensor of any rank (biases, norms, ...).
     pub fn add_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) -> Result<&mut Self> {
         self.check_plain(name, shape, data.len())?;
@@ -161,7 +168,7 @@ impl KpakWriter {
 
     /// Serialises the whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let section_count = 3usize;
+        let section_count = 3 + usize::from(self.graph.is_some());
         let table_end = (HEADER_LEN + SECTION_ENTRY_LEN * section_count) as u64;
 
         let mut meta = Vec::new();
@@ -181,7 +188,9 @@ impl KpakWriter {
             .map(|t| 2 + t.name.len() + 12 + 8 * t.shape.len() + 24 * t.components.len())
             .sum::<usize>() as u64;
         let tensors_off = align_up(meta_off + meta.len() as u64, SECTION_ALIGN);
-        let data_off = align_up(tensors_off + table_len, DATA_ALIGN);
+        let graph = self.graph.as_deref().unwrap_or(&[]);
+        let graph_off = align_up(tensors_off + table_len, SECTION_ALIGN);
+        let data_off = align_up(graph_off + graph.len() as u64, DATA_ALIGN);
 
         let mut data = Vec::new();
         let mut table = Vec::with_capacity(table_len as usize);
@@ -218,6 +227,7 @@ impl KpakWriter {
         let mut out = vec![0u8; data_off as usize];
         out[meta_off as usize..meta_off as usize + meta.len()].copy_from_slice(&meta);
         out[tensors_off as usize..tensors_off as usize + table.len()].copy_from_slice(&table);
+        out[graph_off as usize..graph_off as usize + graph.len()].copy_from_slice(graph);
         out.extend_from_slice(&data);
 
         out[0..8].copy_from_slice(&MAGIC);
@@ -225,11 +235,14 @@ impl KpakWriter {
         out[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
         out[16..24].copy_from_slice(&file_len.to_le_bytes());
         out[24..28].copy_from_slice(&(section_count as u32).to_le_bytes());
-        let sections = [
+        let mut sections = vec![
             (SectionKind::Meta, meta_off, meta.len() as u64),
             (SectionKind::Tensors, tensors_off, table.len() as u64),
-            (SectionKind::Data, data_off, data.len() as u64),
         ];
+        if self.graph.is_some() {
+            sections.push((SectionKind::Graph, graph_off, graph.len() as u64));
+        }
+        sections.push((SectionKind::Data, data_off, data.len() as u64));
         for (i, (kind, off, len)) in sections.into_iter().enumerate() {
             let e = HEADER_LEN + i * SECTION_ENTRY_LEN;
             let crc = crc32(&out[off as usize..(off + len) as usize]);
