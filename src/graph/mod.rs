@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod infer;
 pub mod onnx;
+pub mod pack;
 pub mod passes;
 pub mod plan;
 
