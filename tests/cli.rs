@@ -224,3 +224,62 @@ fn the_demo_model_regenerates_from_its_seed() {
         "regenerate with: kestrel demo-model --out models/demo-mlp.kpak"
     );
 }
+
+fn yolo_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny/model.onnx")
+}
+
+#[test]
+fn pack_imports_the_yolo_fixture_and_info_shows_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("yolo.kpak");
+    let v = json_of(&kestrel(&[
+        "pack",
+        yolo_fixture().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--weights",
+        "q4g32",
+        "--layer",
+        "/model.2/*=f16",
+        "--json",
+    ]));
+    assert_eq!(v["nodes_imported"], 237);
+    assert_eq!(v["nodes"], 119);
+    assert_eq!(v["activations_fused"], 57);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 64);
+    let format_of = |node: &str| layers.iter().find(|l| l["node"] == node).unwrap()["format"].clone();
+    // The first conv and the head's output convs stay f32; the override applies; the rest is q4.
+    assert_eq!(format_of("/model.0/conv/Conv"), "f32");
+    assert_eq!(format_of("/model.22/cv3.0/cv3.0.2/Conv"), "f32");
+    assert_eq!(format_of("/model.22/cv2.2/cv2.2.2/Conv"), "f32");
+    assert_eq!(format_of("/model.2/cv1/conv/Conv"), "f16");
+    assert_eq!(format_of("/model.4/cv1/conv/Conv"), "q4g32");
+    assert!(v["packed_weight_bytes"].as_u64().unwrap() < v["f32_weight_bytes"].as_u64().unwrap());
+
+    let info = json_of(&kestrel(&["info", out.to_str().unwrap(), "--json"]));
+    assert_eq!(info["verified"], true);
+    assert_eq!(info["metadata"]["stride"], "32");
+    assert_eq!(info["metadata"]["kestrel.weights"], "q4g32");
+    let g = &info["graph"];
+    assert_eq!(g["nodes"], 119);
+    assert_eq!(g["inputs"][0]["shape"], serde_json::json!([1, 3, 160, 160]));
+    assert_eq!(g["outputs"][0]["shape"], serde_json::json!([1, 12, 525]));
+    assert_eq!(g["ops"]["Conv"], 64);
+    assert!(g["peak_activation_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pack_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.kpak");
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"\x0a\xff\xff").unwrap();
+    assert_one_line_error(&kestrel(&["pack", bad.to_str().unwrap(), "-o", out.to_str().unwrap()]), "malformed ONNX");
+    assert_one_line_error(
+        &kestrel(&["pack", yolo_fixture().to_str().unwrap(), "-o", out.to_str().unwrap(), "--layer", "nonsense"]),
+        "PATTERN=FORMAT",
+    );
+    assert!(!out.exists(), "no partial output on failure");
+}

@@ -119,7 +119,7 @@ fn every_unsupported_op_is_listed_at_once() {
     assert!(matches!(e, Error::UnsupportedOps { count: 2, .. }), "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("TopK (node '/model/topk')") && text.contains("NonMaxSuppression (node '/model/nms')"),
+        text.contains("TopK x1 (nodes '/model/topk')") && text.contains("NonMaxSuppression x1 (nodes '/model/nms')"),
         "{text}"
     );
 }

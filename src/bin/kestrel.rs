@@ -131,6 +131,24 @@ enum Command {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Import an ONNX model and pack it into a .kpak with the chosen weight precision.
+    Pack {
+        /// The .onnx file (opsets 13 to 21, static shapes).
+        model: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Precision of conv and matmul weights: f32, f16, q8, q4, q4g32, q4g64, q4g128, fp4.
+        #[arg(long, default_value = "f32")]
+        weights: String,
+        /// Per-layer override by node-name pattern, e.g. 'model.22.*=f16' (repeatable).
+        #[arg(long = "layer")]
+        layers: Vec<String>,
+        /// Quantize the first conv and the output convs too (by default they stay f32).
+        #[arg(long)]
+        quantize_ends: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the demo model (models/demo-mlp.kpak) from its seed.
     DemoModel {
         #[arg(long, short)]
@@ -141,6 +159,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `kestrel info model.kpak | head` must end quietly when the reader goes away, as Unix tools
+    // do, instead of panicking on a failed print.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -196,6 +221,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 rows,
             };
             bench_cmd(&cfg, json, &gpu)
+        }
+        Command::Pack { model, out, weights, layers, quantize_ends, json } => {
+            pack_cmd(&model, &out, &weights, &layers, !quantize_ends, json)
         }
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;
@@ -256,6 +284,7 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
             "metadata": meta,
             "tensors": tensors,
             "verified": all_ok,
+            "graph": pak.graph().map(graph_json),
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
     } else {
@@ -293,8 +322,109 @@ fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
                 lorc
             );
         }
+        if let Some(g) = pak.graph() {
+            let plan = kestrel::graph::plan::plan_activation_memory(g);
+            let io = |ids: &[usize]| {
+                ids.iter()
+                    .map(|&v| format!("{} {:?}", g.values[v].name, g.values[v].shape))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("graph: {} nodes, peak activations {} bytes", g.nodes.len(), plan.arena_bytes);
+            println!("  inputs: {}", io(&g.inputs));
+            println!("  outputs: {}", io(&g.outputs));
+            let ops: Vec<String> = g.op_histogram().iter().map(|(op, n)| format!("{op} {n}")).collect();
+            println!("  ops: {}", ops.join(", "));
+        }
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn graph_json(g: &kestrel::graph::Graph) -> Value {
+    let plan = kestrel::graph::plan::plan_activation_memory(g);
+    let io = |ids: &[usize]| -> Vec<Value> {
+        ids.iter().map(|&v| json!({"name": g.values[v].name, "shape": g.values[v].shape})).collect()
+    };
+    let ops: serde_json::Map<String, Value> = g.op_histogram().into_iter().map(|(op, n)| (op, json!(n))).collect();
+    json!({
+        "nodes": g.nodes.len(), "inputs": io(&g.inputs), "outputs": io(&g.outputs),
+        "ops": ops, "peak_activation_bytes": plan.arena_bytes,
+    })
+}
+
+fn pack_cmd(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    weights: &str,
+    layers: &[String],
+    protect: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    use kestrel::graph;
+    let onnx = kestrel::import::onnx::Model::load(model)?;
+    let mut g = graph::onnx::import(&onnx)?;
+    let imported = g.nodes.len();
+    let passes = graph::passes::optimize(&mut g)?;
+    let plan = graph::plan::plan_activation_memory(&g);
+    let mut metadata: Vec<(String, String)> = Vec::new();
+    for (k, v) in &onnx.metadata {
+        if !metadata.iter().any(|(mk, _)| mk == k) {
+            metadata.push((k.clone(), v.clone()));
+        }
+    }
+    let source = model.file_name().map_or_else(|| model.display().to_string(), |f| f.to_string_lossy().into_owned());
+    metadata.push(("kestrel.source".into(), source));
+    metadata.push(("kestrel.opset".into(), onnx.opset().unwrap_or(0).to_string()));
+    metadata.push(("kestrel.producer".into(), format!("{} {}", onnx.producer_name, onnx.producer_version)));
+    metadata.push(("kestrel.weights".into(), weights.to_string()));
+    if onnx.meta("stride").is_some() {
+        metadata.push(("kestrel.preprocess".into(), "letterbox to the input size, RGB, scale 1/255, NCHW".into()));
+    }
+    let opts = graph::pack::PackOptions {
+        weights: Scheme::parse(weights)?,
+        layers: layers.iter().map(|l| graph::pack::parse_layer_override(l)).collect::<Result<_>>()?,
+        protect_ends: protect,
+        metadata,
+    };
+    let (writer, report) = graph::pack::pack(&g, &opts)?;
+    writer.write(out)?;
+    let file_bytes = std::fs::metadata(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e })?.len();
+    if json {
+        let o = json!({
+            "model": model.display().to_string(), "out": out.display().to_string(),
+            "nodes_imported": imported, "nodes": g.nodes.len(),
+            "batchnorms_folded": passes.batchnorms_folded, "activations_fused": passes.activations_fused,
+            "peak_activation_bytes": plan.arena_bytes, "f32_weight_bytes": report.f32_bytes,
+            "packed_weight_bytes": report.packed_bytes, "file_bytes": file_bytes,
+            "layers": report.layers.iter().map(|l| json!({"node": l.node, "tensor": l.tensor, "format": l.scheme.label(), "why": l.why})).collect::<Vec<_>>(),
+        });
+        println!("{o}");
+    } else {
+        println!(
+            "packed {} -> {}: {imported} ONNX nodes -> {} ({} activations fused, {} batch norms folded)",
+            model.display(),
+            out.display(),
+            g.nodes.len(),
+            passes.activations_fused,
+            passes.batchnorms_folded
+        );
+        println!(
+            "weights {} -> {} bytes, file {file_bytes} bytes, peak activations {} bytes",
+            report.f32_bytes, report.packed_bytes, plan.arena_bytes
+        );
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for l in &report.layers {
+            let key = format!("{} ({})", l.scheme.label(), l.why);
+            match counts.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((key, 1)),
+            }
+        }
+        for (k, c) in counts {
+            println!("  {c:>4} weights {k}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn kernel_json(k: &KernelCheck) -> Value {

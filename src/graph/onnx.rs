@@ -25,6 +25,8 @@ pub const RUNNABLE_OPS: &[&str] = &[
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
     "LayerNormalization",
     "MatMul",
@@ -128,16 +130,30 @@ pub fn import(model: &ox::Model) -> Result<Graph> {
     }
     let og = &model.graph;
 
-    // Every unsupported op at once, so a user sees the whole list in one run.
-    let mut unsupported: Vec<String> = Vec::new();
+    // Every unsupported op at once, grouped by type, so a user sees the whole list in one run.
+    let mut unsupported: Vec<(String, Vec<&str>)> = Vec::new();
     for n in &og.nodes {
         let known = RUNNABLE_OPS.contains(&n.op_type.as_str()) || FOLD_ONLY_OPS.contains(&n.op_type.as_str());
         if !known || !(n.domain.is_empty() || n.domain == "ai.onnx") {
-            unsupported.push(format!("{} (node '{}')", n.op_type, n.name));
+            let op = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
+            match unsupported.iter_mut().find(|(o, _)| *o == op) {
+                Some((_, nodes)) => nodes.push(&n.name),
+                None => unsupported.push((op, vec![&n.name])),
+            }
         }
     }
     if !unsupported.is_empty() {
-        return Err(Error::UnsupportedOps { count: unsupported.len(), ops: unsupported.join(", ") });
+        let count = unsupported.iter().map(|(_, n)| n.len()).sum();
+        let ops = unsupported
+            .iter()
+            .map(|(op, nodes)| {
+                let shown: Vec<String> = nodes.iter().take(3).map(|n| format!("'{n}'")).collect();
+                let more = if nodes.len() > 3 { format!(" and {} more", nodes.len() - 3) } else { String::new() };
+                format!("{op} x{} (nodes {}{more})", nodes.len(), shown.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::UnsupportedOps { count, ops });
     }
 
     let mut g = Graph::default();

@@ -68,10 +68,14 @@ pub fn parse_layer_override(s: &str) -> Result<(String, Scheme)> {
 }
 
 /// Convs at the ends of the graph: the first conv reading a graph input, and every conv from
-/// whose output a graph output is reachable without passing through another conv.
+/// whose output a graph output is reachable without passing through another conv. A conv that
+/// reads a Softmax is a fixed decoder (YOLO's distribution focal loss: the expectation over
+/// bins), not a learned layer: the search looks through it to the convs behind it.
 fn protected_convs(g: &Graph) -> Vec<usize> {
     let mut out = Vec::new();
-    if let Some(first) = g.nodes.iter().position(|n| n.op == "Conv" && n.inputs.iter().flatten().any(|i| g.inputs.contains(i))) {
+    if let Some(first) =
+        g.nodes.iter().position(|n| n.op == "Conv" && n.inputs.iter().flatten().any(|i| g.inputs.contains(i)))
+    {
         out.push(first);
     }
     // Walk backwards from the outputs through non-conv nodes.
@@ -83,10 +87,16 @@ fn protected_convs(g: &Graph) -> Vec<usize> {
             continue;
         }
         if let Some(p) = producers[v] {
-            if g.nodes[p].op == "Conv" {
+            let node = &g.nodes[p];
+            if node.op == "Conv" {
                 out.push(p);
+                let reads_softmax =
+                    node.inputs[0].and_then(|x| producers[x]).is_some_and(|q| g.nodes[q].op == "Softmax");
+                if reads_softmax {
+                    stack.push(node.inputs[0].unwrap_or(v));
+                }
             } else {
-                stack.extend(g.nodes[p].inputs.iter().flatten());
+                stack.extend(node.inputs.iter().flatten());
             }
         }
     }
