@@ -131,6 +131,18 @@ enum Command {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Run a model on .npy inputs and write every output as .npy.
+    Run {
+        /// A packed model (.kpak), or an .onnx file imported on the fly.
+        model: PathBuf,
+        /// NAME=FILE.npy for each graph input (NAME may be omitted for a single input).
+        #[arg(long = "input", required = true)]
+        inputs: Vec<String>,
+        #[arg(long)]
+        output_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+    },
     /// Import an ONNX model and pack it into a .kpak with the chosen weight precision.
     Pack {
         /// The .onnx file (opsets 13 to 21, static shapes).
@@ -222,6 +234,7 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             bench_cmd(&cfg, json, &gpu)
         }
+        Command::Run { model, inputs, output_dir, backend } => run_cmd(&model, &inputs, &output_dir, backend),
         Command::Pack { model, out, weights, layers, quantize_ends, json } => {
             pack_cmd(&model, &out, &weights, &layers, !quantize_ends, json)
         }
@@ -350,6 +363,87 @@ fn graph_json(g: &kestrel::graph::Graph) -> Value {
         "nodes": g.nodes.len(), "inputs": io(&g.inputs), "outputs": io(&g.outputs),
         "ops": ops, "peak_activation_bytes": plan.arena_bytes,
     })
+}
+
+/// A model file as a CPU executor and its graph's input and output names.
+fn load_executor(model: &std::path::Path) -> Result<(kestrel::exec::CpuExecutor, Vec<String>, Vec<String>)> {
+    let names =
+        |g: &kestrel::graph::Graph, ids: &[usize]| ids.iter().map(|&v| g.values[v].name.clone()).collect::<Vec<_>>();
+    if model.extension().is_some_and(|e| e == "onnx") {
+        let mut g = kestrel::graph::onnx::import(&kestrel::import::onnx::Model::load(model)?)?;
+        kestrel::graph::passes::optimize(&mut g)?;
+        let exec = kestrel::exec::CpuExecutor::new(&g, &|_| unreachable!("imported graphs carry their weights"))?;
+        Ok((exec, names(&g, &g.inputs), names(&g, &g.outputs)))
+    } else {
+        let pak = Kpak::open(model, Verify::Full)?;
+        let g = pak
+            .graph()
+            .ok_or_else(|| Error::Unsupported { what: format!("{} has no graph to run", model.display()) })?;
+        let (ins, outs) = (names(g, &g.inputs), names(g, &g.outputs));
+        Ok((kestrel::exec::CpuExecutor::from_kpak(&pak)?, ins, outs))
+    }
+}
+
+fn run_cmd(
+    model: &std::path::Path,
+    inputs: &[String],
+    output_dir: &std::path::Path,
+    backend: BackendArg,
+) -> Result<ExitCode> {
+    if backend != BackendArg::Cpu {
+        return Err(Error::Unsupported {
+            what: "graph execution on the GPU backend (not yet implemented; use --backend cpu)".into(),
+        });
+    }
+    let (mut exec, in_names, out_names) = load_executor(model)?;
+    let mut data: Vec<Option<Vec<f32>>> = vec![None; in_names.len()];
+    for spec in inputs {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) => (n.to_string(), f),
+            None if in_names.len() == 1 => (in_names[0].clone(), spec.as_str()),
+            None => {
+                return Err(Error::InvalidArgument {
+                    reason: format!(
+                        "--input {spec}: name the input (NAME=FILE.npy); the model has {}",
+                        in_names.join(", ")
+                    ),
+                })
+            }
+        };
+        let i = in_names.iter().position(|n| *n == name).ok_or_else(|| Error::InvalidArgument {
+            reason: format!("the model has no input '{name}' (inputs: {})", in_names.join(", ")),
+        })?;
+        let path = std::path::Path::new(file);
+        let (shape, values) = kestrel::npy::read(path)?;
+        if shape != exec.input_shapes()[i] {
+            return Err(Error::ShapeMismatch {
+                op: "run",
+                expected: format!("{name} of shape {:?}", exec.input_shapes()[i]),
+                actual: format!("{} of shape {shape:?}", path.display()),
+            });
+        }
+        if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument { reason: format!("{}: value {j} is {}", path.display(), values[j]) });
+        }
+        data[i] = Some(values);
+    }
+    let missing: Vec<&str> = in_names.iter().zip(&data).filter(|(_, d)| d.is_none()).map(|(n, _)| n.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(Error::InvalidArgument { reason: format!("missing input(s): {}", missing.join(", ")) });
+    }
+    let refs: Vec<&[f32]> = data.iter().map(|d| d.as_deref().unwrap_or(&[])).collect();
+    exec.run(&refs)?;
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::Io { path: output_dir.to_path_buf(), source: e })?;
+    for (i, name) in out_names.iter().enumerate() {
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        let path = output_dir.join(format!("{file}.npy"));
+        kestrel::npy::write(&path, exec.output_shape(i), exec.output(i))?;
+        println!("{name}: {:?} -> {}", exec.output_shape(i), path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pack_cmd(

@@ -1,0 +1,6 @@
+//! Running a graph. [`CpuExecutor`] prepares every step at load (shapes, parameters, buffer
+//! locations from the memory plan) so a run only copies the inputs in and calls the kernels.
+
+mod cpu;
+
+pub use cpu::CpuExecutor;
