@@ -38,12 +38,6 @@ enum VerifyArg {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum BenchKind {
-    Gemv,
-    Gemm,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum ReductionArg {
     Shared,
     Subgroup,
@@ -101,8 +95,8 @@ enum Command {
     },
     /// Measure GEMV / GEMM against the device's copy bandwidth.
     Bench {
-        #[arg(value_enum)]
-        kind: BenchKind,
+        /// `gemv`, `gemm`, or a model (.kpak or .onnx) to time end to end.
+        kind: String,
         /// f32, f16, q8, q4 (= q4g128), q4g32, q4g64, q4g128, fp4 (= MXFP4), fp4g64-f16, ...
         #[arg(long, default_value = "q4")]
         weights: String,
@@ -126,6 +120,9 @@ enum Command {
         /// GPU GEMV rows per workgroup: 4, 8 or 16 (default 4).
         #[arg(long)]
         rows: Option<u32>,
+        /// Model benchmarks: print the time per op type and the slowest nodes.
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -207,7 +204,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Selftest { backend, json, model, bits, seed, gpu } => {
             selftest_cmd(backend, json, model, bits, seed, &gpu)
         }
-        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, gpu } => {
+        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, profile, gpu } => {
+            if kind != "gemv" && kind != "gemm" {
+                return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile);
+            }
             let backend = match backend {
                 BackendArg::Cpu => BackendKind::Cpu,
                 BackendArg::Gpu => BackendKind::Gpu,
@@ -219,7 +219,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 scheme: Scheme::parse(&weights)?,
                 n,
                 k,
-                m: if kind == BenchKind::Gemv { 1 } else { m },
+                m: if kind == "gemv" { 1 } else { m },
                 backend,
                 runs,
                 reduction: reduction.map(|r| match r {
@@ -382,6 +382,80 @@ fn load_executor(model: &std::path::Path) -> Result<(kestrel::exec::CpuExecutor,
         let (ins, outs) = (names(g, &g.inputs), names(g, &g.outputs));
         Ok((kestrel::exec::CpuExecutor::from_kpak(&pak)?, ins, outs))
     }
+}
+
+fn bench_model_cmd(
+    model: &std::path::Path,
+    backend: BackendArg,
+    runs: usize,
+    json: bool,
+    profile: bool,
+) -> Result<ExitCode> {
+    if backend != BackendArg::Cpu {
+        return Err(Error::Unsupported {
+            what: "model benchmarks on the GPU backend (not yet implemented; use --backend cpu)".into(),
+        });
+    }
+    if runs == 0 {
+        return Err(Error::InvalidArgument { reason: "--runs must be positive".into() });
+    }
+    let (mut exec, _, _) = load_executor(model)?;
+    let mut rng = SplitMix64::new(1);
+    let inputs: Vec<Vec<f32>> = exec
+        .input_shapes()
+        .iter()
+        .map(|s| (0..s.iter().product::<usize>()).map(|_| rng.uniform(0.0, 1.0)).collect())
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    for _ in 0..3 {
+        exec.run(&refs)?; // warm-up: caches, page faults, thread start-up
+    }
+    let mut ms = Vec::with_capacity(runs);
+    exec.set_profiling(profile);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        exec.run(&refs)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if profile {
+        let steps = exec.profile();
+        let total: f64 = steps.iter().map(|s| s.2).sum();
+        let mut by_op: Vec<(String, f64)> = Vec::new();
+        for (_, op, t) in &steps {
+            match by_op.iter_mut().find(|(o, _)| o == op) {
+                Some((_, acc)) => *acc += t,
+                None => by_op.push((op.clone(), *t)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!("time per op type ({runs} runs):");
+        for (op, t) in &by_op {
+            eprintln!("  {op:<20} {:>9.3} ms/run {:>5.1}%", t * 1e3 / runs as f64, 100.0 * t / total);
+        }
+        let mut slow = steps.clone();
+        slow.sort_by(|a, b| b.2.total_cmp(&a.2));
+        eprintln!("slowest nodes:");
+        for (name, op, t) in slow.iter().take(8) {
+            eprintln!("  {:>8.3} ms/run  {op:<12} {name}", t * 1e3 / runs as f64);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let p99 = ms[((ms.len() as f64 * 0.99).ceil() as usize).clamp(1, ms.len()) - 1];
+    let threads = kestrel::ops::max_threads();
+    if json {
+        println!(
+            "{}",
+            json!({"model": model.display().to_string(), "backend": "cpu", "threads": threads, "runs": runs,
+                   "median_ms": median, "p99_ms": p99, "min_ms": ms[0], "peak_activation_bytes": exec.arena_bytes()})
+        );
+    } else {
+        println!(
+            "{} on cpu ({threads} threads): median {median:.3} ms, p99 {p99:.3} ms, min {:.3} ms over {runs} runs; peak activations {} bytes",
+            model.display(), ms[0], exec.arena_bytes()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_cmd(

@@ -63,6 +63,30 @@ enum Kind {
     },
 }
 
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Conv(_) => "Conv",
+            Kind::Binary(_) => "Binary",
+            Kind::Act(_) => "Activation",
+            Kind::MaxPool(_) => "MaxPool",
+            Kind::AvgPool(_) => "AveragePool",
+            Kind::GlobalAvgPool => "GlobalAveragePool",
+            Kind::Resize(_) => "Resize",
+            Kind::Concat(_) => "Concat",
+            Kind::Split { .. } => "Split",
+            Kind::Slice { .. } => "Slice",
+            Kind::Transpose(_) => "Transpose",
+            Kind::Copy => "Reshape",
+            Kind::Softmax(_) => "Softmax",
+            Kind::MatMul => "MatMul",
+            Kind::Linear => "Gemm",
+            Kind::LayerNorm { .. } => "LayerNormalization",
+            Kind::ChannelAffine { .. } => "BatchNormalization",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Step {
     name: String,
@@ -80,6 +104,8 @@ pub struct CpuExecutor {
     input_shapes: Vec<Vec<usize>>,
     outputs: Vec<Operand>,
     plan: MemoryPlan,
+    /// Seconds spent in each step over the runs since profiling was enabled (empty when off).
+    profile: Vec<f64>,
 }
 
 fn node_err(node: &Node, reason: impl Into<String>) -> Error {
@@ -169,7 +195,16 @@ impl CpuExecutor {
         let inputs: Vec<Vec<f32>> = g.inputs.iter().map(|&v| vec![0.0; g.values[v].numel()]).collect();
         let input_shapes = g.inputs.iter().map(|&v| g.values[v].shape.clone()).collect();
         let outputs = g.outputs.iter().map(|&v| operand(v)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { steps, arena: vec![0.0; plan.arena_bytes / 4], consts, inputs, input_shapes, outputs, plan })
+        Ok(Self {
+            steps,
+            arena: vec![0.0; plan.arena_bytes / 4],
+            consts,
+            inputs,
+            input_shapes,
+            outputs,
+            plan,
+            profile: Vec::new(),
+        })
     }
 
     /// The prepared step of one node. May rewrite constants (Gemm weights are transposed).
@@ -295,6 +330,16 @@ impl CpuExecutor {
         })
     }
 
+    /// Starts (or stops) accumulating the time spent in each step.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = if on { vec![0.0; self.steps.len()] } else { Vec::new() };
+    }
+
+    /// (node name, op, seconds) per step, accumulated since profiling was enabled.
+    pub fn profile(&self) -> Vec<(String, String, f64)> {
+        self.steps.iter().zip(&self.profile).map(|(s, &t)| (s.name.clone(), s.kind.name().to_string(), t)).collect()
+    }
+
     /// Peak activation memory, in bytes.
     pub fn arena_bytes(&self) -> usize {
         self.plan.arena_bytes
@@ -339,7 +384,9 @@ impl CpuExecutor {
         }
         let arena_len = self.arena.len();
         let base = self.arena.as_mut_ptr();
-        for step in &self.steps {
+        let profiling = !self.profile.is_empty();
+        for (si, step) in self.steps.iter().enumerate() {
+            let started = profiling.then(std::time::Instant::now);
             let get = |o: &Operand| -> &[f32] {
                 match o.loc {
                     // SAFETY: offsets and lengths come from the memory plan, which keeps every
@@ -422,9 +469,12 @@ impl CpuExecutor {
             };
             result.map_err(|e| Error::GraphNode {
                 node: step.name.clone(),
-                op: format!("{:?}", std::mem::discriminant(&step.kind)),
+                op: step.kind.name().into(),
                 reason: e.to_string(),
             })?;
+            if let Some(t) = started {
+                self.profile[si] += t.elapsed().as_secs_f64();
+            }
         }
         Ok(())
     }
