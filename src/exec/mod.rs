@@ -2,5 +2,6 @@
 //! locations from the memory plan) so a run only copies the inputs in and calls the kernels.
 
 mod cpu;
+mod prepare;
 
 pub use cpu::CpuExecutor;
