@@ -139,6 +139,8 @@ enum Command {
         output_dir: PathBuf,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Import an ONNX model and pack it into a .kpak with the chosen weight precision.
     Pack {
@@ -206,7 +208,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, profile, gpu } => {
             if kind != "gemv" && kind != "gemm" {
-                return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile);
+                return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile, &gpu);
             }
             let backend = match backend {
                 BackendArg::Cpu => BackendKind::Cpu,
@@ -234,7 +236,9 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             bench_cmd(&cfg, json, &gpu)
         }
-        Command::Run { model, inputs, output_dir, backend } => run_cmd(&model, &inputs, &output_dir, backend),
+        Command::Run { model, inputs, output_dir, backend, gpu } => {
+            run_cmd(&model, &inputs, &output_dir, backend, &gpu)
+        }
         Command::Pack { model, out, weights, layers, quantize_ends, json } => {
             pack_cmd(&model, &out, &weights, &layers, !quantize_ends, json)
         }
@@ -365,22 +369,91 @@ fn graph_json(g: &kestrel::graph::Graph) -> Value {
     })
 }
 
-/// A model file as a CPU executor and its graph's input and output names.
-fn load_executor(model: &std::path::Path) -> Result<(kestrel::exec::CpuExecutor, Vec<String>, Vec<String>)> {
+/// A model prepared on one backend.
+enum Runner {
+    Cpu(kestrel::exec::CpuExecutor),
+    Gpu(Box<(GpuContext, kestrel::exec::GpuExecutor)>),
+}
+
+impl Runner {
+    fn input_shapes(&self) -> &[Vec<usize>] {
+        match self {
+            Runner::Cpu(e) => e.input_shapes(),
+            Runner::Gpu(b) => b.1.input_shapes(),
+        }
+    }
+
+    fn arena_bytes(&self) -> usize {
+        match self {
+            Runner::Cpu(e) => e.arena_bytes(),
+            Runner::Gpu(b) => b.1.arena_bytes(),
+        }
+    }
+
+    fn run(&mut self, inputs: &[&[f32]]) -> Result<()> {
+        match self {
+            Runner::Cpu(e) => e.run(inputs),
+            Runner::Gpu(b) => b.1.run(&b.0, inputs),
+        }
+    }
+
+    fn output(&self, i: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        match self {
+            Runner::Cpu(e) => Ok((e.output_shape(i).to_vec(), e.output(i).to_vec())),
+            Runner::Gpu(b) => {
+                let shape = b.1.output_shape(i).to_vec();
+                let mut out = vec![0f32; shape.iter().product()];
+                b.1.read_output(&b.0, i, &mut out)?;
+                Ok((shape, out))
+            }
+        }
+    }
+
+    fn backend(&self) -> String {
+        match self {
+            Runner::Cpu(_) => format!("cpu ({} threads)", kestrel::ops::max_threads()),
+            Runner::Gpu(b) => format!("gpu: {}", b.0.adapter_name()),
+        }
+    }
+}
+
+/// A model file prepared on `backend`, with its graph's input and output names.
+fn load_runner(
+    model: &std::path::Path,
+    backend: BackendArg,
+    gpu: &GpuArgs,
+) -> Result<(Runner, Vec<String>, Vec<String>)> {
     let names =
         |g: &kestrel::graph::Graph, ids: &[usize]| ids.iter().map(|&v| g.values[v].name.clone()).collect::<Vec<_>>();
+    let ctx = match backend {
+        BackendArg::Cpu => None,
+        BackendArg::Gpu => Some(gpu.context()?),
+        BackendArg::All => return Err(Error::InvalidArgument { reason: "run on one backend: cpu or gpu".into() }),
+    };
+    let make = |g: &kestrel::graph::Graph,
+                weights: &dyn Fn(usize) -> Result<Vec<f32>>,
+                ctx: Option<GpuContext>|
+     -> Result<Runner> {
+        Ok(match ctx {
+            None => Runner::Cpu(kestrel::exec::CpuExecutor::new(g, weights)?),
+            Some(ctx) => {
+                let e = kestrel::exec::GpuExecutor::new(&ctx, g, weights)?;
+                Runner::Gpu(Box::new((ctx, e)))
+            }
+        })
+    };
     if model.extension().is_some_and(|e| e == "onnx") {
         let mut g = kestrel::graph::onnx::import(&kestrel::import::onnx::Model::load(model)?)?;
         kestrel::graph::passes::optimize(&mut g)?;
-        let exec = kestrel::exec::CpuExecutor::new(&g, &|_| unreachable!("imported graphs carry their weights"))?;
-        Ok((exec, names(&g, &g.inputs), names(&g, &g.outputs)))
+        let r = make(&g, &|_| unreachable!("imported graphs carry their weights"), ctx)?;
+        Ok((r, names(&g, &g.inputs), names(&g, &g.outputs)))
     } else {
         let pak = Kpak::open(model, Verify::Full)?;
         let g = pak
             .graph()
             .ok_or_else(|| Error::Unsupported { what: format!("{} has no graph to run", model.display()) })?;
-        let (ins, outs) = (names(g, &g.inputs), names(g, &g.outputs));
-        Ok((kestrel::exec::CpuExecutor::from_kpak(&pak)?, ins, outs))
+        let r = make(g, &|id| kestrel::exec::kpak_weights(&pak, g, id), ctx)?;
+        Ok((r, names(g, &g.inputs), names(g, &g.outputs)))
     }
 }
 
@@ -390,16 +463,15 @@ fn bench_model_cmd(
     runs: usize,
     json: bool,
     profile: bool,
+    gpu: &GpuArgs,
 ) -> Result<ExitCode> {
-    if backend != BackendArg::Cpu {
-        return Err(Error::Unsupported {
-            what: "model benchmarks on the GPU backend (not yet implemented; use --backend cpu)".into(),
-        });
-    }
     if runs == 0 {
         return Err(Error::InvalidArgument { reason: "--runs must be positive".into() });
     }
-    let (mut exec, _, _) = load_executor(model)?;
+    let (mut exec, _, _) = load_runner(model, backend, gpu)?;
+    if profile && !matches!(exec, Runner::Cpu(_)) {
+        return Err(Error::Unsupported { what: "--profile on the GPU backend".into() });
+    }
     let mut rng = SplitMix64::new(1);
     let inputs: Vec<Vec<f32>> = exec
         .input_shapes()
@@ -411,14 +483,16 @@ fn bench_model_cmd(
         exec.run(&refs)?; // warm-up: caches, page faults, thread start-up
     }
     let mut ms = Vec::with_capacity(runs);
-    exec.set_profiling(profile);
+    if let Runner::Cpu(e) = &mut exec {
+        e.set_profiling(profile);
+    }
     for _ in 0..runs {
         let t = std::time::Instant::now();
         exec.run(&refs)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    if profile {
-        let steps = exec.profile();
+    if let (true, Runner::Cpu(e)) = (profile, &exec) {
+        let steps = e.profile();
         let total: f64 = steps.iter().map(|s| s.2).sum();
         let mut by_op: Vec<(String, f64)> = Vec::new();
         for (_, op, t) in &steps {
@@ -442,16 +516,16 @@ fn bench_model_cmd(
     ms.sort_by(f64::total_cmp);
     let median = ms[ms.len() / 2];
     let p99 = ms[((ms.len() as f64 * 0.99).ceil() as usize).clamp(1, ms.len()) - 1];
-    let threads = kestrel::ops::max_threads();
+    let device = exec.backend();
     if json {
         println!(
             "{}",
-            json!({"model": model.display().to_string(), "backend": "cpu", "threads": threads, "runs": runs,
+            json!({"model": model.display().to_string(), "backend": device, "runs": runs,
                    "median_ms": median, "p99_ms": p99, "min_ms": ms[0], "peak_activation_bytes": exec.arena_bytes()})
         );
     } else {
         println!(
-            "{} on cpu ({threads} threads): median {median:.3} ms, p99 {p99:.3} ms, min {:.3} ms over {runs} runs; peak activations {} bytes",
+            "{} on {device}: median {median:.3} ms, p99 {p99:.3} ms, min {:.3} ms over {runs} runs; peak activations {} bytes",
             model.display(), ms[0], exec.arena_bytes()
         );
     }
@@ -463,13 +537,9 @@ fn run_cmd(
     inputs: &[String],
     output_dir: &std::path::Path,
     backend: BackendArg,
+    gpu: &GpuArgs,
 ) -> Result<ExitCode> {
-    if backend != BackendArg::Cpu {
-        return Err(Error::Unsupported {
-            what: "graph execution on the GPU backend (not yet implemented; use --backend cpu)".into(),
-        });
-    }
-    let (mut exec, in_names, out_names) = load_executor(model)?;
+    let (mut exec, in_names, out_names) = load_runner(model, backend, gpu)?;
     let mut data: Vec<Option<Vec<f32>>> = vec![None; in_names.len()];
     for spec in inputs {
         let (name, file) = match spec.split_once('=') {
@@ -514,8 +584,9 @@ fn run_cmd(
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' })
             .collect();
         let path = output_dir.join(format!("{file}.npy"));
-        kestrel::npy::write(&path, exec.output_shape(i), exec.output(i))?;
-        println!("{name}: {:?} -> {}", exec.output_shape(i), path.display());
+        let (shape, values) = exec.output(i)?;
+        kestrel::npy::write(&path, &shape, &values)?;
+        println!("{name}: {shape:?} -> {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -194,15 +194,18 @@ impl CpuExecutor {
         let g = pak.graph().ok_or_else(|| Error::Unsupported {
             what: "running a .kpak without a graph (a weights-only file)".into(),
         })?;
-        Self::new(g, &|id| {
-            let name = &g.values[id].name;
-            let t = pak.tensor(name)?;
-            if t.scheme.is_quantized() {
-                let m = pak.matrix(name)?;
-                Ok(crate::quant::dequantize(&m).into_iter().map(|v| v as f32).collect())
-            } else {
-                pak.tensor_f32(name)
-            }
-        })
+        Self::new(g, &|id| kpak_weights(pak, g, id))
+    }
+}
+
+/// The f32 values of constant `id` of `g` from the tensor table (dequantized if packed).
+pub fn kpak_weights(pak: &crate::format::Kpak, g: &Graph, id: ValueId) -> Result<Vec<f32>> {
+    let name = &g.values[id].name;
+    let t = pak.tensor(name)?;
+    if t.scheme.is_quantized() {
+        let m = pak.matrix(name)?;
+        Ok(crate::quant::dequantize(&m).into_iter().map(|v| v as f32).collect())
+    } else {
+        pak.tensor_f32(name)
     }
 }

@@ -2,6 +2,8 @@
 //! locations from the memory plan) so a run only copies the inputs in and calls the kernels.
 
 mod cpu;
+mod gpu;
 mod prepare;
 
-pub use cpu::CpuExecutor;
+pub use cpu::{kpak_weights, CpuExecutor};
+pub use gpu::GpuExecutor;

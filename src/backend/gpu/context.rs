@@ -330,12 +330,19 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Reads `len` f32 values back from `buf` through `staging` (a MAP_READ buffer).
+    /// Reads `out.len()` f32 values back from `buf` through `staging` (a MAP_READ buffer).
     pub fn read_f32(&self, buf: &wgpu::Buffer, staging: &wgpu::Buffer, out: &mut [f32]) -> Result<()> {
         let bytes = (out.len() * 4) as u64;
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         enc.copy_buffer_to_buffer(buf, 0, staging, 0, bytes);
         self.queue.submit([enc.finish()]);
+        self.read_mapped(staging, out)
+    }
+
+    /// Maps `staging` (a MAP_READ buffer whose copy has been submitted) and reads `out.len()`
+    /// f32 values from its start.
+    pub fn read_mapped(&self, staging: &wgpu::Buffer, out: &mut [f32]) -> Result<()> {
+        let bytes = (out.len() * 4) as u64;
         let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
