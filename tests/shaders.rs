@@ -27,6 +27,10 @@ fn every_kernel_module_validates() {
     // (downlevel flag SHADER_F16_IN_F32); it is the baseline here, not an optional feature.
     let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     let mut used = vec!["copy.wgsl"];
+    for (name, src) in kestrel::backend::gpu::graph_ops::modules() {
+        validate(&name, &src, Capabilities::empty());
+    }
+    used.extend(kestrel::backend::gpu::graph_ops::SHADER_FILES);
     validate("copy", shaders::COPY, Capabilities::empty());
     for scheme in all_schemes() {
         let (file, _) = shaders::format_source(scheme);

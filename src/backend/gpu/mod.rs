@@ -4,12 +4,14 @@
 
 mod context;
 mod copy;
+pub mod graph_ops;
 mod matmul;
 mod pool;
 pub mod shaders;
 
 pub use context::{GpuContext, GpuFeatures, GpuOptions, ALLOW_SOFTWARE_ENV};
 pub use copy::CopyBench;
+pub use graph_ops::{GpuStep, GpuView};
 pub use matmul::{matmul_once, GpuMatrix, MatmulParams, MatmulPlan};
 pub use pool::{size_class, BufferPool, PooledBuffer};
 pub use shaders::{Activation, KernelVariant, Reduction, GEMM_TILE, GEMV_ROW_CHOICES};

@@ -16,9 +16,16 @@ pub const MATMUL_Q8: &str = include_str!("../../../shaders/matmul_q8.wgsl");
 pub const MATMUL_Q4: &str = include_str!("../../../shaders/matmul_q4.wgsl");
 pub const MATMUL_FP4: &str = include_str!("../../../shaders/matmul_fp4.wgsl");
 pub const COPY: &str = include_str!("../../../shaders/copy.wgsl");
+pub const OP_COMMON: &str = include_str!("../../../shaders/op_common.wgsl");
+pub const OP_ELEMENTWISE: &str = include_str!("../../../shaders/op_elementwise.wgsl");
+pub const OP_GATHER: &str = include_str!("../../../shaders/op_gather.wgsl");
+pub const OP_POOL: &str = include_str!("../../../shaders/op_pool.wgsl");
+pub const OP_RESIZE: &str = include_str!("../../../shaders/op_resize.wgsl");
+pub const OP_ROWS: &str = include_str!("../../../shaders/op_rows.wgsl");
+pub const OP_GEMM: &str = include_str!("../../../shaders/op_gemm.wgsl");
 
 /// Every .wgsl file with its name, for validation and listing.
-pub const ALL_FILES: [(&str, &str); 12] = [
+pub const ALL_FILES: [(&str, &str); 19] = [
     ("common.wgsl", COMMON),
     ("act_f32.wgsl", ACT_F32),
     ("act_f16.wgsl", ACT_F16),
@@ -31,6 +38,13 @@ pub const ALL_FILES: [(&str, &str); 12] = [
     ("matmul_q4.wgsl", MATMUL_Q4),
     ("matmul_fp4.wgsl", MATMUL_FP4),
     ("copy.wgsl", COPY),
+    ("op_common.wgsl", OP_COMMON),
+    ("op_elementwise.wgsl", OP_ELEMENTWISE),
+    ("op_gather.wgsl", OP_GATHER),
+    ("op_pool.wgsl", OP_POOL),
+    ("op_resize.wgsl", OP_RESIZE),
+    ("op_rows.wgsl", OP_ROWS),
+    ("op_gemm.wgsl", OP_GEMM),
 ];
 
 /// Threads per GEMV workgroup and the GEMM tile edge (the `WG` and `TILE` constants).
