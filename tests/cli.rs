@@ -283,3 +283,60 @@ fn pack_errors_are_one_line() {
     );
     assert!(!out.exists(), "no partial output on failure");
 }
+
+#[test]
+fn run_and_bench_a_packed_model_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let kpak = dir.path().join("yolo.kpak");
+    json_of(&kestrel(&["pack", yolo_fixture().to_str().unwrap(), "-o", kpak.to_str().unwrap(), "--json"]));
+    let fixture_dir = yolo_fixture().parent().unwrap().to_path_buf();
+    let (_, want) = kestrel::npy::read(&fixture_dir.join("output0.npy")).unwrap();
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    for backend in ["cpu", "gpu"] {
+        let out_dir = dir.path().join(backend);
+        let input = format!("images={}", fixture_dir.join("input.npy").display());
+        let out = kestrel(&[
+            "run",
+            kpak.to_str().unwrap(),
+            "--input",
+            &input,
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--allow-software",
+        ]);
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let (shape, got) = kestrel::npy::read(&out_dir.join("output0.npy")).unwrap();
+        assert_eq!(shape, [1, 12, 525]);
+        let err = kestrel::tol::rel_l2(&got, &want);
+        assert!(err < 1e-4, "{backend}: {err:e}");
+
+        let v = json_of(&kestrel(&[
+            "bench",
+            kpak.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--runs",
+            "3",
+            "--json",
+            "--allow-software",
+        ]));
+        for key in ["median_ms", "p99_ms", "peak_activation_bytes"] {
+            assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{backend}: {key} in {v}");
+        }
+    }
+    // Bad inputs are one-line errors: a wrong name, a wrong shape, a NaN pixel.
+    let bad = dir.path().join("bad.npy");
+    std::fs::write(&bad, kestrel::npy::encode(&[1, 3, 8, 8], &[0.5; 192])).unwrap();
+    let out_dir = dir.path().join("x");
+    let run = |input: &str| {
+        kestrel(&["run", kpak.to_str().unwrap(), "--input", input, "--output-dir", out_dir.to_str().unwrap()])
+    };
+    assert_one_line_error(&run(&format!("nope={}", bad.display())), "no input 'nope'");
+    assert_one_line_error(&run(&format!("images={}", bad.display())), "shape");
+    let mut nan = vec![0.5f32; 3 * 160 * 160];
+    nan[77] = f32::NAN;
+    std::fs::write(&bad, kestrel::npy::encode(&[1, 3, 160, 160], &nan)).unwrap();
+    assert_one_line_error(&run(&format!("images={}", bad.display())), "value 77 is NaN");
+}
