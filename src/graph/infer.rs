@@ -48,15 +48,21 @@ pub fn broadcast(node: &Node, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 /// Output extent of a convolution or pooling window along one axis.
+/// Output extent of a convolution or pooling window along one axis. In ceil mode a last window
+/// that would start inside the end padding is dropped (ONNX's rule since opset 22, which ONNX
+/// Runtime and PyTorch apply throughout).
+#[allow(clippy::too_many_arguments)]
 pub fn window_out(
     node: &Node,
     input: usize,
     kernel: usize,
     stride: usize,
-    pad: usize,
+    pad_begin: usize,
+    pad_end: usize,
     dilation: usize,
     ceil: bool,
 ) -> Result<usize> {
+    let pad = pad_begin + pad_end;
     let span = dilation * (kernel.max(1) - 1) + 1;
     let padded = input + pad;
     if padded < span || stride == 0 {
@@ -66,7 +72,11 @@ pub fn window_out(
         ));
     }
     let steps = padded - span;
-    Ok(if ceil { steps.div_ceil(stride) + 1 } else { steps / stride + 1 })
+    if !ceil {
+        return Ok(steps / stride + 1);
+    }
+    let out = steps.div_ceil(stride) + 1;
+    Ok(if (out - 1) * stride >= input + pad_begin { out - 1 } else { out })
 }
 
 fn shape_of(g: &Graph, node: &Node, i: usize) -> Result<Vec<usize>> {
@@ -165,8 +175,8 @@ pub fn infer(g: &Graph, node: &Node) -> Result<Inferred> {
             if k != w[2..] {
                 return Err(err(node, format!("kernel_shape {k:?} differs from the weights {w:?}")));
             }
-            let h = window_out(node, x[2], k[0], s[0], p[0] + p[2], d[0], false)?;
-            let wd = window_out(node, x[3], k[1], s[1], p[1] + p[3], d[1], false)?;
+            let h = window_out(node, x[2], k[0], s[0], p[0], p[2], d[0], false)?;
+            let wd = window_out(node, x[3], k[1], s[1], p[1], p[3], d[1], false)?;
             f32_out(vec![x[0], w[0], h, wd])
         }
         "MaxPool" | "AveragePool" => {
@@ -176,8 +186,8 @@ pub fn infer(g: &Graph, node: &Node) -> Result<Inferred> {
             }
             let Window { kernel: k, strides: s, pads: p, dilations: d } = window_params(node, 2, None)?;
             let ceil = node.int("ceil_mode", 0)? != 0;
-            let h = window_out(node, x[2], k[0], s[0], p[0] + p[2], d[0], ceil)?;
-            let w = window_out(node, x[3], k[1], s[1], p[1] + p[3], d[1], ceil)?;
+            let h = window_out(node, x[2], k[0], s[0], p[0], p[2], d[0], ceil)?;
+            let w = window_out(node, x[3], k[1], s[1], p[1], p[3], d[1], ceil)?;
             f32_out(vec![x[0], x[1], h, w])
         }
         "GlobalAveragePool" | "GlobalMaxPool" => {

@@ -1,0 +1,383 @@
+//! The one f32 GEMM the conv and matmul ops share: C = bias + A B.
+//!
+//! A is packed once per call into blocks of MR rows stored k-major ([k][MR]), so the kernel
+//! walks it with one contiguous stride. B is read in place: row kk starts at an offset given by
+//! [`BRows`], either a fixed stride (a matmul operand, the input planes of a 1x1 conv) or a table
+//! (the implicit-GEMM conv, where row (c, i, j) is a shifted window of a padded input plane).
+//! Register tiles of MR x NR accumulate over the whole of k in fixed-size arrays, which LLVM
+//! keeps in vector registers (checked in the generated code: no spills in the AVX2 6x16 or the
+//! SSE2 4x8 loop).
+//!
+//! The SIMD width is picked at run time: on x86_64 with AVX2 + FMA the kernel is compiled a
+//! second time under `#[target_feature]` (the crate is built for baseline x86_64, SSE2, as the
+//! design card asks: no `target-cpu=native`); elsewhere the portable instance runs (NEON is
+//! baseline on aarch64, with fused multiply-add). An op reads the choice once ([`Kernel`]) and
+//! uses it for packing and product alike.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use super::math::fmadd;
+use super::Activation;
+
+/// Largest NR of any instance: callers size the tail scratch with it.
+pub(crate) const NR_MAX: usize = 16;
+
+/// One compiled instance of the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// SSE2 on x86_64 (4 x 8), NEON on aarch64 (6 x 16), plain scalar code elsewhere.
+    Portable,
+    /// 6 x 16: twelve 8-lane accumulators, two B loads and a broadcast in 16 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Makes the ops use the portable (baseline-ISA) kernels even where AVX2 is available, or back.
+/// For tests and for measuring what the wide kernels buy; results differ only by rounding.
+pub fn force_portable_kernels(on: bool) {
+    FORCE_PORTABLE.store(on, Ordering::Relaxed);
+}
+
+/// Name of the kernel instance the ops use now (for benchmark reports).
+pub fn kernel_name() -> &'static str {
+    match Kernel::current() {
+        Kernel::Portable if cfg!(target_arch = "aarch64") => "neon-6x16",
+        Kernel::Portable => "portable-4x8",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => "avx2-fma-6x16",
+    }
+}
+
+/// Where the k rows of B start in `GemmArgs::b`.
+pub(crate) trait BRows: Copy {
+    fn offsets(self) -> impl Iterator<Item = usize> + Clone;
+}
+
+/// Row kk at `kk * ld` (k rows).
+#[derive(Clone, Copy)]
+pub(crate) struct Ld {
+    pub ld: usize,
+    pub k: usize,
+}
+
+impl BRows for Ld {
+    #[inline(always)]
+    fn offsets(self) -> impl Iterator<Item = usize> + Clone {
+        (0..self.k).map(move |kk| kk * self.ld)
+    }
+}
+
+/// Row kk at `table[kk]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Table<'a>(pub &'a [usize]);
+
+impl BRows for Table<'_> {
+    #[inline(always)]
+    fn offsets(self) -> impl Iterator<Item = usize> + Clone {
+        self.0.iter().copied()
+    }
+}
+
+/// Operands of one product. `a` is packed by [`Kernel::pack_a`] for m rows of k values; B
+/// element (kk, j) is `b[offset(kk) + j]` for j < n; `bias` (m values) starts each sum.
+#[derive(Clone, Copy)]
+pub(crate) struct GemmArgs<'a, R: BRows> {
+    pub a: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub b: &'a [f32],
+    pub rows: R,
+    pub n: usize,
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Where a product's results go: `put(i, j0, values)` receives row i, columns j0.. (at most
+/// NR_MAX values; exactly NR of them, a compile-time length once inlined, for full tiles).
+pub(crate) trait Dest {
+    /// Called once before the puts of each column panel starting at `j0` (for destinations that
+    /// map columns to positions and want to do that once per panel, not once per row).
+    #[inline(always)]
+    fn panel(&mut self, _j0: usize) {}
+
+    fn put(&mut self, i: usize, j0: usize, values: &[f32]);
+}
+
+/// Rows at a fixed stride in one slice: row i, column j is `out[i * ld + col + j]`.
+pub(crate) struct Strided<'a> {
+    pub out: &'a mut [f32],
+    pub ld: usize,
+    pub col: usize,
+}
+
+impl Dest for Strided<'_> {
+    #[inline(always)]
+    fn put(&mut self, i: usize, j0: usize, values: &[f32]) {
+        self.out[i * self.ld + self.col + j0..][..values.len()].copy_from_slice(values);
+    }
+}
+
+impl Kernel {
+    /// The instance to use for this call.
+    pub(crate) fn current() -> Kernel {
+        static DETECTED: OnceLock<Kernel> = OnceLock::new();
+        let detected = *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Kernel::Avx2Fma;
+            }
+            Kernel::Portable
+        });
+        if FORCE_PORTABLE.load(Ordering::Relaxed) {
+            Kernel::Portable
+        } else {
+            detected
+        }
+    }
+
+    /// Rows per register tile.
+    pub(crate) fn mr(self) -> usize {
+        match self {
+            Kernel::Portable if cfg!(target_arch = "aarch64") => 6,
+            Kernel::Portable => 4,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => 6,
+        }
+    }
+
+    /// Floats of packed A for m rows of k values.
+    pub(crate) fn packed_a_len(self, m: usize, k: usize) -> usize {
+        m.div_ceil(self.mr()) * self.mr() * k
+    }
+
+    /// Packs rows `a[r * lda..][..k]`, r < m, into `dst` ([`Self::packed_a_len`] floats): blocks
+    /// of MR rows, each stored [k][MR], rows past m zero.
+    pub(crate) fn pack_a(self, a: &[f32], lda: usize, m: usize, k: usize, dst: &mut [f32]) {
+        let mr = self.mr();
+        for (blk, block) in dst[..self.packed_a_len(m, k)].chunks_exact_mut(mr * k).enumerate() {
+            for i in 0..mr {
+                let r = blk * mr + i;
+                let col = block[i..].iter_mut().step_by(mr);
+                if r < m {
+                    for (d, &v) in col.zip(&a[r * lda..][..k]) {
+                        *d = v;
+                    }
+                } else {
+                    col.for_each(|d| *d = 0.0);
+                }
+            }
+        }
+    }
+
+    /// Runs the product into `dest`. `tail` needs `k * NR_MAX` floats: the last partial column
+    /// panel is copied there, zero-padded, so the kernel never reads past B.
+    ///
+    /// The caller guarantees the lengths (the ops check shapes first): `a` is packed for m rows,
+    /// `b` covers `(k - 1) * ldb + n`, `bias` has m values, every `dest` row has n values.
+    pub(crate) fn gemm<R: BRows, D: Dest>(self, args: GemmArgs<R>, tail: &mut [f32], dest: &mut D) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Avx2Fma` is only ever constructed after the CPU reported AVX2 and
+            // FMA at run time, which is the whole contract of a `#[target_feature]` function.
+            Kernel::Avx2Fma => unsafe { gemm_avx2(args, tail, dest) },
+            Kernel::Portable => {
+                if cfg!(target_arch = "aarch64") {
+                    gemm_tiles::<6, 16, true, R, D>(args, tail, dest)
+                } else {
+                    gemm_tiles::<4, 8, false, R, D>(args, tail, dest)
+                }
+            }
+        }
+    }
+
+    /// Applies `act` (values of `channel`) with this instance's vector width.
+    pub(crate) fn activate(self, act: &Activation, data: &mut [f32], channel: usize) {
+        match (self, act) {
+            (_, Activation::None) => {}
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gemm`: Avx2Fma exists only on CPUs with AVX2 and FMA.
+            (Kernel::Avx2Fma, _) => unsafe { activate_avx2(act, data, channel) },
+            _ if cfg!(target_arch = "aarch64") => act.apply_channel::<true>(data, channel),
+            _ => act.apply_channel::<false>(data, channel),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_avx2<R: BRows, D: Dest>(args: GemmArgs<R>, tail: &mut [f32], dest: &mut D) {
+    gemm_tiles::<6, 16, true, R, D>(args, tail, dest)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn activate_avx2(act: &Activation, data: &mut [f32], channel: usize) {
+    act.apply_channel::<true>(data, channel)
+}
+
+/// Register tile: MR rows of one packed block of A (k x AS, AS >= MR: the packing's row count)
+/// against NR columns of B (rows at `offsets`, plus `col`) over all of k.
+#[inline(always)]
+fn kernel<const MR: usize, const AS: usize, const NR: usize, const FMA: bool>(
+    a: &[f32],
+    b: &[f32],
+    offsets: impl Iterator<Item = usize>,
+    col: usize,
+    init: [f32; MR],
+) -> [[f32; NR]; MR] {
+    let mut acc = [[0f32; NR]; MR];
+    for i in 0..MR {
+        acc[i] = [init[i]; NR];
+    }
+    for (av, off) in a.chunks_exact(AS).zip(offsets) {
+        let off = off + col;
+        let brow: &[f32; NR] = b[off..off + NR].try_into().expect("slice of NR values");
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] = fmadd::<FMA>(av[i], brow[j], acc[i][j]);
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn gemm_tiles<const MR: usize, const NR: usize, const FMA: bool, R: BRows, D: Dest>(
+    args: GemmArgs<R>,
+    tail: &mut [f32],
+    dest: &mut D,
+) {
+    let GemmArgs { a, m, k, b, rows, n, bias } = args;
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // Empty sums: every output is its bias.
+        for i in 0..m {
+            let row = [bias.map_or(0.0, |bb| bb[i]); NR];
+            for j0 in (0..n).step_by(NR) {
+                dest.put(i, j0, &row[..(n - j0).min(NR)]);
+            }
+        }
+        return;
+    }
+    let blocks = || a.chunks_exact(MR * k).take(m.div_ceil(MR)).enumerate();
+    let init = |i0: usize| -> [f32; MR] {
+        std::array::from_fn(|i| match bias {
+            Some(bb) if i0 + i < m => bb[i0 + i],
+            _ => 0.0,
+        })
+    };
+    let full = n / NR * NR;
+    let mut j0 = 0;
+    while j0 < full {
+        dest.panel(j0);
+        for (blk, block) in blocks() {
+            let i0 = blk * MR;
+            tile::<MR, NR, FMA, D>(dest, block, b, rows.offsets(), j0, i0, m - i0, init(i0), j0, NR);
+        }
+        j0 += NR;
+    }
+    if full < n {
+        // Last partial panel: copy it, zero-padded, so the kernel never reads past B.
+        let valid = n - full;
+        let t = &mut tail[..k * NR];
+        for (dst, off) in t.chunks_exact_mut(NR).zip(rows.offsets()) {
+            dst[..valid].copy_from_slice(&b[off + full..][..valid]);
+            dst[valid..].fill(0.0);
+        }
+        let t = &tail[..k * NR];
+        dest.panel(full);
+        for (blk, block) in blocks() {
+            let i0 = blk * MR;
+            tile::<MR, NR, FMA, D>(dest, block, t, Ld { ld: NR, k }.offsets(), 0, i0, m - i0, init(i0), full, valid);
+        }
+    }
+}
+
+/// One register tile of a packed block against the panel at `col` of (b, offsets), handed to
+/// `dest` as rows i0.. and columns j0..j0 + valid. A last block of at most 4 rows runs a 4-row
+/// kernel (channel counts are multiples of 4 or 8; MR may be 6).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<const MR: usize, const NR: usize, const FMA: bool, D: Dest>(
+    dest: &mut D,
+    block: &[f32],
+    b: &[f32],
+    offsets: impl Iterator<Item = usize>,
+    col: usize,
+    i0: usize,
+    rows_left: usize,
+    init: [f32; MR],
+    j0: usize,
+    valid: usize,
+) {
+    if MR > 4 && rows_left <= 4 {
+        let init4: [f32; 4] = std::array::from_fn(|i| init[i]);
+        let acc = kernel::<4, MR, NR, FMA>(block, b, offsets, col, init4);
+        put_rows(dest, &acc, i0, rows_left, j0, valid);
+    } else {
+        let acc = kernel::<MR, MR, NR, FMA>(block, b, offsets, col, init);
+        put_rows(dest, &acc, i0, rows_left.min(MR), j0, valid);
+    }
+}
+
+/// Hands rows 0..count of a register tile to `dest` (row i0 + i, columns j0..j0 + valid).
+#[inline(always)]
+fn put_rows<const R: usize, const NR: usize, D: Dest>(
+    dest: &mut D,
+    acc: &[[f32; NR]; R],
+    i0: usize,
+    count: usize,
+    j0: usize,
+    valid: usize,
+) {
+    for (i, row) in acc.iter().enumerate().take(count) {
+        if valid == NR {
+            dest.put(i0 + i, j0, row);
+        } else {
+            dest.put(i0 + i, j0, &row[..valid]);
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (packed operands, im2col tiles, GEMM tails): grows to the largest
+    /// layer, then is reused, so a steady-state op on the calling thread does not allocate.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` floats of this thread's scratch (contents unspecified).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (the ops never do): use a private buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+thread_local! {
+    /// Per-thread index scratch (the implicit-GEMM row offsets), reused like [`SCRATCH`].
+    static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` entries of this thread's index scratch (contents unspecified).
+pub(crate) fn with_offsets<R>(len: usize, f: impl FnOnce(&mut [usize]) -> R) -> R {
+    OFFSETS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0; len]),
+    })
+}

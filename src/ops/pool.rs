@@ -1,0 +1,282 @@
+//! 2-D pooling on NCHW: ONNX `MaxPool`, `AveragePool`, `GlobalAveragePool`, `GlobalMaxPool`.
+//!
+//! Output size per spatial axis (span = dilation * (kernel - 1) + 1, pads = begin + end):
+//!
+//! ```text
+//! floor mode: out = floor((in + pads - span) / stride) + 1
+//! ceil mode:  out = ceil((in + pads - span) / stride) + 1, minus one if the last window would
+//!             start in the end padding (ONNX opset 19+ note, PyTorch and ONNX Runtime behaviour)
+//! ```
+
+use super::{check_len, numel};
+use crate::error::{Error, Result};
+
+/// Parameters of a 2-D pooling window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool2d {
+    /// [kH, kW], each >= 1.
+    pub kernel: [usize; 2],
+    /// [stride_h, stride_w], each >= 1.
+    pub strides: [usize; 2],
+    /// ONNX order [top, left, bottom, right]; each below the dilated kernel extent, so that
+    /// every window sees at least one input value.
+    pub pads: [usize; 4],
+    /// [dilation_h, dilation_w], each >= 1 (AveragePool has them from opset 19).
+    pub dilations: [usize; 2],
+    /// Round the output size up (see the module docs).
+    pub ceil_mode: bool,
+    /// AveragePool only: divide by the window size including padding (ONNX
+    /// `count_include_pad = 1`; the window is still clipped to the padded extent) instead of by
+    /// the number of input values it covers.
+    pub count_include_pad: bool,
+}
+
+impl Pool2d {
+    /// A k x k window with stride k, no padding (the ONNX defaults apart from the stride).
+    pub fn square(k: usize) -> Pool2d {
+        Pool2d {
+            kernel: [k, k],
+            strides: [k, k],
+            pads: [0; 4],
+            dilations: [1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        }
+    }
+}
+
+/// One spatial axis of a pooling window.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    input: usize,
+    out: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+    pad_begin: usize,
+    pad_end: usize,
+}
+
+impl Axis {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        op: &'static str,
+        input: usize,
+        k: usize,
+        s: usize,
+        d: usize,
+        pa: usize,
+        pb: usize,
+        ceil: bool,
+    ) -> Result<Axis> {
+        if k == 0 || s == 0 || d == 0 {
+            return Err(Error::InvalidArgument {
+                reason: format!("{op}: kernel {k}, stride {s} and dilation {d} must be >= 1"),
+            });
+        }
+        let span = d.saturating_mul(k - 1).saturating_add(1);
+        if pa >= span || pb >= span {
+            return Err(Error::InvalidArgument {
+                reason: format!("{op}: pads {pa}+{pb} must be below the window extent {span}"),
+            });
+        }
+        let padded = input.saturating_add(pa).saturating_add(pb);
+        if padded < span {
+            return Err(Error::shape(op, format!("spatial size + pads >= window extent {span}"), padded));
+        }
+        let steps = padded - span;
+        let mut out = if ceil { steps.div_ceil(s) + 1 } else { steps / s + 1 };
+        if ceil && (out - 1) * s >= input + pa {
+            out -= 1;
+        }
+        let axis = Axis { input, out, k, s, d, pad_begin: pa, pad_end: pb };
+        // With dilation a window can straddle the input without touching it; refuse those.
+        for o in 0..out {
+            let (lo, hi) = axis.taps(o, input);
+            if lo >= hi {
+                return Err(Error::InvalidArgument {
+                    reason: format!("{op}: output position {o} has a window with no input value"),
+                });
+            }
+        }
+        Ok(axis)
+    }
+
+    /// Taps t in 0..k of output `o` whose position o * s - pad_begin + t * d lies in
+    /// -pad_begin..limit - pad_begin, i.e. in 0..limit once shifted by the begin pad.
+    fn taps_in(&self, o: usize, limit: usize) -> (usize, usize) {
+        let base = (o * self.s) as isize - self.pad_begin as isize;
+        let d = self.d as isize;
+        let lo = if base >= 0 { 0 } else { (-base + d - 1) / d };
+        let room = limit as isize - base;
+        let hi = if room <= 0 { 0 } else { (room + d - 1) / d };
+        let hi = (hi as usize).min(self.k);
+        ((lo as usize).min(hi), hi)
+    }
+
+    /// Taps that land on input values.
+    fn taps(&self, o: usize, input: usize) -> (usize, usize) {
+        self.taps_in(o, input)
+    }
+
+    /// Taps within the padded extent (for count_include_pad).
+    fn padded_taps(&self, o: usize) -> usize {
+        let base = (o * self.s) as isize;
+        let d = self.d as isize;
+        let room = (self.pad_begin + self.input + self.pad_end) as isize - base;
+        let hi = if room <= 0 { 0 } else { ((room + d - 1) / d) as usize };
+        hi.min(self.k)
+    }
+
+    /// Input position of tap t of output o (valid taps only).
+    #[inline]
+    fn pos(&self, o: usize, t: usize) -> usize {
+        o * self.s + t * self.d - self.pad_begin
+    }
+}
+
+fn axes(op: &'static str, x_shape: &[usize], p: &Pool2d) -> Result<(usize, Axis, Axis)> {
+    let [n, c, h, w] = *x_shape else {
+        return Err(Error::shape(op, "input [N, C, H, W]", format!("{x_shape:?}")));
+    };
+    let [pt, pl, pb, pr] = p.pads;
+    let ah = Axis::new(op, h, p.kernel[0], p.strides[0], p.dilations[0], pt, pb, p.ceil_mode)?;
+    let aw = Axis::new(op, w, p.kernel[1], p.strides[1], p.dilations[1], pl, pr, p.ceil_mode)?;
+    Ok((n * c, ah, aw))
+}
+
+/// The output shape [N, C, OH, OW] of a 2-D pooling.
+pub fn pool2d_output_shape(x_shape: &[usize], p: &Pool2d) -> Result<[usize; 4]> {
+    let (_, ah, aw) = axes("pool2d", x_shape, p)?;
+    Ok([x_shape[0], x_shape[1], ah.out, aw.out])
+}
+
+fn check_io(
+    op: &'static str,
+    x: &[f32],
+    x_shape: &[usize],
+    planes: usize,
+    ah: &Axis,
+    aw: &Axis,
+    out: &[f32],
+) -> Result<()> {
+    check_len(op, "input", x.len(), x_shape)?;
+    let n = planes * ah.out * aw.out;
+    if out.len() != n {
+        return Err(Error::shape(op, format!("output of {n} values"), out.len()));
+    }
+    Ok(())
+}
+
+/// ONNX `MaxPool` (2-D): the maximum over each window, padding ignored.
+pub fn max_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> Result<()> {
+    let op = "max_pool2d";
+    let (planes, ah, aw) = axes(op, x_shape, p)?;
+    check_io(op, x, x_shape, planes, &ah, &aw, out)?;
+    let (ip, op_len) = (ah.input * aw.input, ah.out * aw.out);
+    if op_len == 0 || ip == 0 {
+        return Ok(());
+    }
+    for (src, dst) in x.chunks_exact(ip).zip(out.chunks_exact_mut(op_len)) {
+        for oh in 0..ah.out {
+            let (i0, i1) = ah.taps(oh, ah.input);
+            for ow in 0..aw.out {
+                let (j0, j1) = aw.taps(ow, aw.input);
+                let mut m = f32::NEG_INFINITY;
+                for i in i0..i1 {
+                    let row = &src[ah.pos(oh, i) * aw.input..][..aw.input];
+                    for j in j0..j1 {
+                        m = m.max(row[aw.pos(ow, j)]);
+                    }
+                }
+                dst[oh * aw.out + ow] = m;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ONNX `AveragePool` (2-D), with `count_include_pad` and `ceil_mode` as in ONNX Runtime.
+pub fn avg_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> Result<()> {
+    let op = "avg_pool2d";
+    let (planes, ah, aw) = axes(op, x_shape, p)?;
+    check_io(op, x, x_shape, planes, &ah, &aw, out)?;
+    let (ip, op_len) = (ah.input * aw.input, ah.out * aw.out);
+    if op_len == 0 || ip == 0 {
+        return Ok(());
+    }
+    for (src, dst) in x.chunks_exact(ip).zip(out.chunks_exact_mut(op_len)) {
+        for oh in 0..ah.out {
+            let (i0, i1) = ah.taps(oh, ah.input);
+            for ow in 0..aw.out {
+                let (j0, j1) = aw.taps(ow, aw.input);
+                let mut s = 0f32;
+                for i in i0..i1 {
+                    let row = &src[ah.pos(oh, i) * aw.input..][..aw.input];
+                    for j in j0..j1 {
+                        s += row[aw.pos(ow, j)];
+                    }
+                }
+                let count =
+                    if p.count_include_pad { ah.padded_taps(oh) * aw.padded_taps(ow) } else { (i1 - i0) * (j1 - j0) };
+                dst[oh * aw.out + ow] = s / count as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn global(op: &'static str, x: &[f32], x_shape: &[usize], out: &mut [f32]) -> Result<(usize, usize)> {
+    check_len(op, "input", x.len(), x_shape)?;
+    if x_shape.len() < 3 {
+        return Err(Error::shape(op, "input [N, C, spatial...]", format!("{x_shape:?}")));
+    }
+    let planes = x_shape[0].saturating_mul(x_shape[1]);
+    if out.len() != planes {
+        return Err(Error::shape(op, format!("output [N, C, 1, ..] of {planes} values"), out.len()));
+    }
+    Ok((planes, numel(&x_shape[2..])))
+}
+
+/// ONNX `GlobalAveragePool`: the mean of every spatial plane; `out` is [N, C, 1, ...].
+pub fn global_avg_pool(x: &[f32], x_shape: &[usize], out: &mut [f32]) -> Result<()> {
+    let (planes, len) = global("global_avg_pool", x, x_shape, out)?;
+    if planes == 0 {
+        return Ok(());
+    }
+    if len == 0 {
+        return Err(Error::shape("global_avg_pool", "non-empty spatial planes", format!("{x_shape:?}")));
+    }
+    for (o, plane) in out.iter_mut().zip(x.chunks_exact(len)) {
+        *o = sum(plane) / len as f32;
+    }
+    Ok(())
+}
+
+/// ONNX `GlobalMaxPool`: the maximum of every spatial plane; `out` is [N, C, 1, ...].
+pub fn global_max_pool(x: &[f32], x_shape: &[usize], out: &mut [f32]) -> Result<()> {
+    let (planes, len) = global("global_max_pool", x, x_shape, out)?;
+    if planes == 0 {
+        return Ok(());
+    }
+    if len == 0 {
+        return Err(Error::shape("global_max_pool", "non-empty spatial planes", format!("{x_shape:?}")));
+    }
+    for (o, plane) in out.iter_mut().zip(x.chunks_exact(len)) {
+        *o = plane.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    }
+    Ok(())
+}
+
+/// Sum with eight accumulators: vectorises and keeps rounding error small.
+pub(crate) fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

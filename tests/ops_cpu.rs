@@ -1,0 +1,1536 @@
+//! The CPU operator library (`kestrel::ops`) against plain float64 twins, on fresh random inputs
+//! and random shapes; wrong shapes give errors, never panics; steady-state ops do not allocate.
+//!
+//! Every test prints its seed; rerun one with `KESTREL_SEED=<seed>`.
+//! Throughput (release build): `cargo test --release --test ops_cpu -- --ignored --nocapture`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use kestrel::ops::{
+    self, Activation, BinaryOp, ClipThreshold, Conv2d, CoordTransform, NearestMode, Pool2d, Resize, ResizeMode,
+};
+use kestrel::rng::SplitMix64;
+use kestrel::tol::{rel_l2, Tol};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// Counts allocations made by the current thread (the ops' own thread, not the test harness).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to `System` unchanged; the counter is a const-initialised
+// thread-local Cell, which neither allocates nor unwinds (`try_with` tolerates teardown).
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCS.with(Cell::get);
+    f();
+    ALLOCS.with(Cell::get) - before
+}
+
+fn rng(test: &str) -> SplitMix64 {
+    let seed = std::env::var("KESTREL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| SplitMix64::from_time().next_u64());
+    eprintln!("{test}: seed {seed}");
+    SplitMix64::new(seed)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Uniform integer in lo..=hi.
+fn pick(r: &mut SplitMix64, lo: usize, hi: usize) -> usize {
+    lo + r.below((hi - lo + 1) as u64) as usize
+}
+
+#[track_caller]
+fn assert_close(what: &str, out: &[f32], reference: &[f64]) {
+    assert_eq!(out.len(), reference.len(), "{what}: length");
+    let err = rel_l2(out, reference);
+    assert!(Tol::F32.accepts(err), "{what}: rel_l2 {err:.3e} above {} ({})", Tol::F32.rel_l2, Tol::F32.name);
+}
+
+/// Row-major multi-index of flat index `i`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    idx
+}
+
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &d)| acc * d + i)
+}
+
+// ---------------------------------------------------------------------------------------------
+// float64 twins
+// ---------------------------------------------------------------------------------------------
+
+/// erf in f64: Taylor series below 3, continued fraction for erfc above (|error| ~1e-14).
+fn erf64(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 3.0 { erf_series(a) } else { 1.0 - erfc_cf(a) };
+    r.copysign(x)
+}
+
+fn erf_series(a: f64) -> f64 {
+    let (x2, mut term, mut sum) = (a * a, a, a);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let t = term / (2 * n + 1) as f64;
+        sum += t;
+        if t.abs() < 1e-17 * sum.abs() {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+/// erfc(a) for a >= 3: e^-a^2 / sqrt(pi) / (a + (1/2) / (a + 1 / (a + (3/2) / (a + ...)))).
+fn erfc_cf(a: f64) -> f64 {
+    let mut f = a;
+    for k in (1..=80).rev() {
+        f = a + (k as f64 / 2.0) / f;
+    }
+    (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+}
+
+/// Phi(x), accurate in both tails.
+fn normal_cdf64(x: f64) -> f64 {
+    let z = x / std::f64::consts::SQRT_2;
+    if z < -3.0 {
+        0.5 * erfc_cf(-z)
+    } else {
+        0.5 * (1.0 + erf64(z))
+    }
+}
+
+fn act64(act: &Activation, x: f64, channel: usize) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Elu { alpha } => {
+            if x > 0.0 {
+                x
+            } else {
+                *alpha as f64 * x.exp_m1()
+            }
+        }
+        Activation::Gelu => x * normal_cdf64(x),
+        Activation::ClippedRelu(t) => {
+            let t = match t {
+                ClipThreshold::PerLayer(t) => *t as f64,
+                ClipThreshold::PerChannel(ts) => ts[channel] as f64,
+            };
+            if x > 0.0 && x <= t {
+                x
+            } else {
+                0.0
+            }
+        }
+        Activation::LeakyRelu { alpha } => {
+            if x >= 0.0 {
+                x
+            } else {
+                *alpha as f64 * x
+            }
+        }
+        Activation::HardSigmoid { alpha, beta } => (*alpha as f64 * x + *beta as f64).clamp(0.0, 1.0),
+        Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        Activation::Clip { min, max } => x.max(*min as f64).min(*max as f64),
+    }
+}
+
+struct ConvCase {
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    p: Conv2d,
+    bias: bool,
+}
+
+fn ref_conv2d(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], bias: Option<&[f32]>, p: &Conv2d) -> Vec<f64> {
+    let [n, c, h, wd] = xs;
+    let [m, cg, kh, kw] = ws;
+    let mg = m / p.group;
+    let oh = (h + p.pads[0] + p.pads[2] - (p.dilations[0] * (kh - 1) + 1)) / p.strides[0] + 1;
+    let ow = (wd + p.pads[1] + p.pads[3] - (p.dilations[1] * (kw - 1) + 1)) / p.strides[1] + 1;
+    let mut out = Vec::with_capacity(n * m * oh * ow);
+    for b in 0..n {
+        for o in 0..m {
+            let g = o / mg;
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut s = bias.map_or(0.0, |bb| bb[o] as f64);
+                    for ci in 0..cg {
+                        let cin = g * cg + ci;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let ih = (y * p.strides[0] + i * p.dilations[0]) as isize - p.pads[0] as isize;
+                                let iw = (xo * p.strides[1] + j * p.dilations[1]) as isize - p.pads[1] as isize;
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * c + cin) * h + ih as usize) * wd + iw as usize] as f64;
+                                let wv = w[((o * cg + ci) * kh + i) * kw + j] as f64;
+                                s += xv * wv;
+                            }
+                        }
+                    }
+                    out.push(act64(&p.activation, s, o));
+                }
+            }
+        }
+    }
+    let _ = c;
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// conv2d
+// ---------------------------------------------------------------------------------------------
+
+fn random_activation(r: &mut SplitMix64, m: usize) -> Activation {
+    match r.below(9) {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        2 => Activation::Sigmoid,
+        3 => Activation::Silu,
+        4 => Activation::Elu { alpha: r.uniform(0.5, 1.5) },
+        5 => Activation::Gelu,
+        6 => Activation::ClippedRelu(ClipThreshold::PerLayer(r.uniform(0.5, 3.0))),
+        7 => Activation::ClippedRelu(ClipThreshold::PerChannel((0..m).map(|_| r.uniform(0.5, 3.0)).collect())),
+        _ => Activation::LeakyRelu { alpha: 0.1 },
+    }
+}
+
+/// A random valid conv: `groups_kind` 0 = one group, 1 = two groups, 2 = depthwise.
+fn random_conv(r: &mut SplitMix64, groups_kind: u64) -> ConvCase {
+    loop {
+        let (group, cg, mg) = match groups_kind {
+            0 => (1, pick(r, 1, 6), pick(r, 1, 13)),
+            1 => (2, pick(r, 1, 4), pick(r, 1, 9)),
+            _ => {
+                let c = pick(r, 1, 6);
+                (c, 1, pick(r, 1, 2))
+            }
+        };
+        let (kh, kw) = (pick(r, 1, 4), pick(r, 1, 4));
+        let strides = [pick(r, 1, 3), pick(r, 1, 3)];
+        let dilations = [pick(r, 1, 2), pick(r, 1, 2)];
+        let pads = [pick(r, 0, 2), pick(r, 0, 2), pick(r, 0, 2), pick(r, 0, 2)];
+        let (h, w) = (pick(r, 1, 11), pick(r, 1, 11));
+        let span = |k: usize, d: usize| d * (k - 1) + 1;
+        if h + pads[0] + pads[2] < span(kh, dilations[0]) || w + pads[1] + pads[3] < span(kw, dilations[1]) {
+            continue;
+        }
+        let m = group * mg;
+        let p = Conv2d { strides, pads, dilations, group, activation: random_activation(r, m) };
+        return ConvCase {
+            x_shape: [pick(r, 1, 2), group * cg, h, w],
+            w_shape: [m, cg, kh, kw],
+            p,
+            bias: r.below(4) != 0,
+        };
+    }
+}
+
+fn run_conv_case(r: &mut SplitMix64, case: &ConvCase, what: &str) {
+    let x = r.normal_vec(numel(&case.x_shape));
+    let w = r.normal_vec(numel(&case.w_shape));
+    let b = r.normal_vec(case.w_shape[0]);
+    let bias = case.bias.then_some(&b[..]);
+    let os = ops::conv2d_output_shape(&case.x_shape, &case.w_shape, &case.p).unwrap();
+    let mut out = vec![f32::NAN; numel(&os)];
+    ops::conv2d(&x, &case.x_shape, &w, &case.w_shape, bias, &case.p, &mut out).unwrap();
+    let reference = ref_conv2d(&x, case.x_shape, &w, case.w_shape, bias, &case.p);
+    assert_close(&format!("{what} x {:?} w {:?} {:?}", case.x_shape, case.w_shape, case.p), &out, &reference);
+}
+
+#[test]
+fn conv2d_random_shapes_groups_and_activations() {
+    let mut r = rng("conv2d_random_shapes_groups_and_activations");
+    for portable in [false, true] {
+        ops::force_portable_kernels(portable);
+        for i in 0..36 {
+            let case = random_conv(&mut r, i % 3);
+            run_conv_case(&mut r, &case, if portable { "conv2d (portable)" } else { "conv2d" });
+        }
+    }
+    ops::force_portable_kernels(false);
+}
+
+#[test]
+fn conv2d_named_layer_kinds() {
+    let mut r = rng("conv2d_named_layer_kinds");
+    let conv = |strides, pads, dilations, group, activation| Conv2d { strides, pads, dilations, group, activation };
+    let cases = [
+        // YOLO stem: 3x3 stride 2, pad 1, SiLU.
+        ConvCase {
+            x_shape: [1, 3, 17, 15],
+            w_shape: [8, 3, 3, 3],
+            p: conv([2, 2], [1; 4], [1, 1], 1, Activation::Silu),
+            bias: true,
+        },
+        // Pointwise (the in-place GEMM path), odd plane size.
+        ConvCase {
+            x_shape: [2, 7, 5, 9],
+            w_shape: [12, 7, 1, 1],
+            p: conv([1, 1], [0; 4], [1, 1], 1, Activation::Silu),
+            bias: true,
+        },
+        // 1x1 with end padding only (not the in-place path).
+        ConvCase {
+            x_shape: [1, 5, 4, 4],
+            w_shape: [6, 5, 1, 1],
+            p: conv([1, 1], [0, 0, 1, 2], [1, 1], 1, Activation::None),
+            bias: false,
+        },
+        // 1x1 stride 2.
+        ConvCase {
+            x_shape: [1, 5, 7, 6],
+            w_shape: [9, 5, 1, 1],
+            p: conv([2, 2], [0; 4], [1, 1], 1, Activation::Relu),
+            bias: true,
+        },
+        // Depthwise 3x3 stride 1 and 2 (YOLO11 DWConv).
+        ConvCase {
+            x_shape: [1, 6, 9, 10],
+            w_shape: [6, 1, 3, 3],
+            p: conv([1, 1], [1; 4], [1, 1], 6, Activation::Silu),
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 6, 9, 10],
+            w_shape: [6, 1, 3, 3],
+            p: conv([2, 2], [1; 4], [1, 1], 6, Activation::Gelu),
+            bias: true,
+        },
+        // Depth multiplier 2 (M = 2C, group = C).
+        ConvCase {
+            x_shape: [1, 3, 6, 7],
+            w_shape: [6, 1, 3, 3],
+            p: conv([1, 1], [1; 4], [1, 1], 3, Activation::Relu),
+            bias: true,
+        },
+        // Groups with many channels per group, non-square kernel, dilation 2, asymmetric pads.
+        ConvCase {
+            x_shape: [1, 8, 9, 11],
+            w_shape: [8, 2, 2, 3],
+            p: conv([1, 2], [1, 0, 2, 3], [2, 2], 4, Activation::Sigmoid),
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [2, 6, 8, 8],
+            w_shape: [10, 3, 3, 1],
+            p: conv([2, 1], [0, 1, 1, 0], [1, 2], 2, Activation::Elu { alpha: 1.0 }),
+            bias: false,
+        },
+        // Kernel as large as the padded input (one output pixel), and a 1x1 input.
+        ConvCase {
+            x_shape: [1, 4, 3, 3],
+            w_shape: [5, 4, 5, 5],
+            p: conv([1, 1], [1; 4], [1, 1], 1, Activation::None),
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 4, 1, 1],
+            w_shape: [5, 4, 3, 3],
+            p: conv([1, 1], [1; 4], [1, 1], 1, Activation::Relu),
+            bias: true,
+        },
+        // Pads larger than the kernel (allowed by ONNX: outputs of bias alone).
+        ConvCase {
+            x_shape: [1, 2, 4, 4],
+            w_shape: [4, 2, 2, 2],
+            p: conv([1, 1], [3, 3, 3, 3], [1, 1], 1, Activation::None),
+            bias: true,
+        },
+        // Per-channel clipped ReLU fused.
+        ConvCase {
+            x_shape: [1, 4, 6, 6],
+            w_shape: [5, 4, 3, 3],
+            p: conv(
+                [1, 1],
+                [1; 4],
+                [1, 1],
+                1,
+                Activation::ClippedRelu(ClipThreshold::PerChannel(vec![0.5, 1.0, 1.5, 2.0, 2.5])),
+            ),
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 4, 6, 6],
+            w_shape: [5, 4, 3, 3],
+            p: conv([1, 1], [1; 4], [1, 1], 1, Activation::HardSwish),
+            bias: true,
+        },
+    ];
+    for case in &cases {
+        run_conv_case(&mut r, case, "conv2d");
+    }
+}
+
+/// Large enough to take the threaded paths (spatial split for the GEMM, plane split for the
+/// direct path) on a multi-core machine.
+#[test]
+fn conv2d_threaded_paths_match_reference() {
+    let mut r = rng("conv2d_threaded_paths_match_reference");
+    let cases = [
+        ConvCase {
+            x_shape: [1, 16, 26, 25],
+            w_shape: [24, 16, 3, 3],
+            p: Conv2d { pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() },
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 16, 45, 47],
+            w_shape: [32, 16, 3, 3],
+            p: Conv2d { strides: [2, 2], pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() },
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 64, 33, 31],
+            w_shape: [64, 64, 1, 1],
+            p: Conv2d { activation: Activation::Silu, ..Conv2d::default() },
+            bias: true,
+        },
+        ConvCase {
+            x_shape: [1, 128, 48, 47],
+            w_shape: [128, 1, 3, 3],
+            p: Conv2d { pads: [1; 4], group: 128, activation: Activation::Relu, ..Conv2d::default() },
+            bias: true,
+        },
+    ];
+    for case in &cases {
+        run_conv_case(&mut r, case, "conv2d threaded");
+    }
+}
+
+/// Attributes drawn at random, valid or not, with slices that match the shapes: the op either
+/// errs or agrees with the twin; it never panics.
+#[test]
+fn conv2d_random_attributes_error_or_agree() {
+    let mut r = rng("conv2d_random_attributes_error_or_agree");
+    for _ in 0..200 {
+        let x_shape = [pick(&mut r, 0, 2), pick(&mut r, 0, 5), pick(&mut r, 0, 6), pick(&mut r, 0, 6)];
+        let w_shape = [pick(&mut r, 0, 5), pick(&mut r, 0, 5), pick(&mut r, 0, 4), pick(&mut r, 0, 4)];
+        let p = Conv2d {
+            strides: [pick(&mut r, 0, 2), pick(&mut r, 0, 2)],
+            pads: [pick(&mut r, 0, 2), pick(&mut r, 0, 2), pick(&mut r, 0, 2), pick(&mut r, 0, 2)],
+            dilations: [pick(&mut r, 0, 2), pick(&mut r, 0, 2)],
+            group: pick(&mut r, 0, 3),
+            activation: Activation::Relu,
+        };
+        let x = r.normal_vec(numel(&x_shape));
+        let w = r.normal_vec(numel(&w_shape));
+        let valid = p.group > 0
+            && p.strides.iter().chain(&p.dilations).all(|&v| v > 0)
+            && w_shape[2] > 0
+            && w_shape[3] > 0
+            && x_shape[1] % p.group == 0
+            && w_shape[0] % p.group == 0
+            && w_shape[1] * p.group == x_shape[1]
+            && x_shape[2] + p.pads[0] + p.pads[2] > p.dilations[0] * (w_shape[2] - 1)
+            && x_shape[3] + p.pads[1] + p.pads[3] > p.dilations[1] * (w_shape[3] - 1);
+        match ops::conv2d_output_shape(&x_shape, &w_shape, &p) {
+            Err(_) => assert!(!valid, "valid conv refused: x {x_shape:?} w {w_shape:?} {p:?}"),
+            Ok(os) => {
+                assert!(valid, "invalid conv accepted: x {x_shape:?} w {w_shape:?} {p:?}");
+                let mut out = vec![f32::NAN; numel(&os)];
+                ops::conv2d(&x, &x_shape, &w, &w_shape, None, &p, &mut out).unwrap();
+                let reference = ref_conv2d(&x, x_shape, &w, w_shape, None, &p);
+                if reference.iter().any(|&v| v != 0.0) {
+                    assert_close("conv2d (random attributes)", &out, &reference);
+                } else {
+                    assert!(out.iter().all(|&v| v == 0.0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv2d_wrong_shapes_are_errors() {
+    let p = Conv2d { pads: [1; 4], ..Conv2d::default() };
+    let (x, w, b) = (vec![1.0; 2 * 3 * 5 * 5], vec![1.0; 4 * 3 * 3 * 3], vec![1.0; 4]);
+    let mut out = vec![0.0; 2 * 4 * 5 * 5];
+    let xs = [2, 3, 5, 5];
+    let ws = [4, 3, 3, 3];
+    assert!(ops::conv2d(&x, &xs, &w, &ws, Some(&b), &p, &mut out).is_ok());
+    assert!(ops::conv2d(&x[1..], &xs, &w, &ws, Some(&b), &p, &mut out).is_err(), "short input");
+    assert!(ops::conv2d(&x, &xs, &w[1..], &ws, Some(&b), &p, &mut out).is_err(), "short weights");
+    assert!(ops::conv2d(&x, &xs, &w, &ws, Some(&b[1..]), &p, &mut out).is_err(), "short bias");
+    assert!(ops::conv2d(&x, &xs, &w, &ws, Some(&b), &p, &mut out[1..]).is_err(), "short output");
+    assert!(ops::conv2d(&x, &[2, 3, 25], &w, &ws, Some(&b), &p, &mut out).is_err(), "3-D input");
+    assert!(ops::conv2d(&x, &[2, 3, 5, 5], &w, &[4, 3, 9], Some(&b), &p, &mut out).is_err(), "3-D weights");
+    let bad_c = [4, 2, 3, 3];
+    assert!(ops::conv2d(&x, &xs, &w[..72], &bad_c, None, &p, &mut out).is_err(), "C/group mismatch");
+    let grouped = Conv2d { group: 2, ..p.clone() };
+    assert!(ops::conv2d(&x, &xs, &w, &ws, None, &grouped, &mut out).is_err(), "group does not divide C");
+    let clip = Conv2d { activation: Activation::ClippedRelu(ClipThreshold::PerChannel(vec![1.0; 3])), ..p.clone() };
+    assert!(ops::conv2d(&x, &xs, &w, &ws, None, &clip, &mut out).is_err(), "threshold count");
+    let big = Conv2d { pads: [0; 4], ..p.clone() };
+    let tiny = [2, 3, 2, 2];
+    assert!(ops::conv2d(&x[..24], &tiny, &w, &ws, None, &big, &mut out).is_err(), "kernel larger than input");
+    let zero_stride = Conv2d { strides: [0, 1], ..p.clone() };
+    assert!(ops::conv2d(&x, &xs, &w, &ws, None, &zero_stride, &mut out).is_err(), "stride 0");
+}
+
+#[test]
+fn conv2d_does_not_allocate_when_warm() {
+    let mut r = rng("conv2d_does_not_allocate_when_warm");
+    let xs = [1, 8, 12, 12];
+    let x = r.normal_vec(numel(&xs));
+    for (ws, p) in [
+        ([16, 8, 3, 3], Conv2d { pads: [1; 4], strides: [2, 2], activation: Activation::Silu, ..Conv2d::default() }),
+        ([16, 8, 1, 1], Conv2d { activation: Activation::Silu, ..Conv2d::default() }),
+        ([8, 1, 3, 3], Conv2d { pads: [1; 4], group: 8, activation: Activation::Relu, ..Conv2d::default() }),
+    ] {
+        let w = r.normal_vec(numel(&ws));
+        let b = r.normal_vec(ws[0]);
+        let mut out = vec![0.0; numel(&ops::conv2d_output_shape(&xs, &ws, &p).unwrap())];
+        ops::conv2d(&x, &xs, &w, &ws, Some(&b), &p, &mut out).unwrap();
+        let n = allocations_during(|| ops::conv2d(&x, &xs, &w, &ws, Some(&b), &p, &mut out).unwrap());
+        assert_eq!(n, 0, "conv2d {ws:?} allocated {n} times when warm");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling
+// ---------------------------------------------------------------------------------------------
+
+fn pool_out_len(input: usize, k: usize, s: usize, d: usize, pa: usize, pb: usize, ceil: bool) -> usize {
+    let span = d * (k - 1) + 1;
+    let steps = input + pa + pb - span;
+    if !ceil {
+        return steps / s + 1;
+    }
+    let mut out = steps.div_ceil(s) + 1;
+    // A last window that would start in the end padding is dropped.
+    if (out - 1) * s >= input + pa {
+        out -= 1;
+    }
+    out
+}
+
+fn ref_pool(x: &[f32], xs: [usize; 4], p: &Pool2d, max: bool) -> Vec<f64> {
+    let [n, c, h, w] = xs;
+    let oh = pool_out_len(h, p.kernel[0], p.strides[0], p.dilations[0], p.pads[0], p.pads[2], p.ceil_mode);
+    let ow = pool_out_len(w, p.kernel[1], p.strides[1], p.dilations[1], p.pads[1], p.pads[3], p.ceil_mode);
+    let mut out = Vec::new();
+    for plane in 0..n * c {
+        for y in 0..oh {
+            for xo in 0..ow {
+                let (mut best, mut sum, mut count, mut padded_count) = (f64::NEG_INFINITY, 0.0, 0usize, 0usize);
+                for i in 0..p.kernel[0] {
+                    for j in 0..p.kernel[1] {
+                        let ih = (y * p.strides[0] + i * p.dilations[0]) as isize - p.pads[0] as isize;
+                        let iw = (xo * p.strides[1] + j * p.dilations[1]) as isize - p.pads[1] as isize;
+                        let in_padded = ih < (h + p.pads[2]) as isize && iw < (w + p.pads[3]) as isize;
+                        if in_padded {
+                            padded_count += 1;
+                        }
+                        if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                            continue;
+                        }
+                        let v = x[(plane * h + ih as usize) * w + iw as usize] as f64;
+                        best = best.max(v);
+                        sum += v;
+                        count += 1;
+                    }
+                }
+                out.push(if max {
+                    best
+                } else if p.count_include_pad {
+                    sum / padded_count as f64
+                } else {
+                    sum / count as f64
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pooling_random_windows() {
+    let mut r = rng("pooling_random_windows");
+    let mut done = 0;
+    while done < 60 {
+        let kernel = [pick(&mut r, 1, 4), pick(&mut r, 1, 4)];
+        let dilations = [pick(&mut r, 1, 2), pick(&mut r, 1, 2)];
+        let span = |a: usize| dilations[a] * (kernel[a] - 1) + 1;
+        let pads = [
+            pick(&mut r, 0, span(0) - 1),
+            pick(&mut r, 0, span(1) - 1),
+            pick(&mut r, 0, span(0) - 1),
+            pick(&mut r, 0, span(1) - 1),
+        ];
+        let p = Pool2d {
+            kernel,
+            strides: [pick(&mut r, 1, 3), pick(&mut r, 1, 3)],
+            pads,
+            dilations,
+            ceil_mode: r.below(2) == 0,
+            count_include_pad: r.below(2) == 0,
+        };
+        let xs = [pick(&mut r, 1, 2), pick(&mut r, 1, 3), pick(&mut r, 1, 10), pick(&mut r, 1, 10)];
+        let x = r.normal_vec(numel(&xs));
+        let Ok(os) = ops::pool2d_output_shape(&xs, &p) else {
+            continue; // window larger than the padded input, or a window with no input value
+        };
+        let reference_shape = [
+            xs[0],
+            xs[1],
+            pool_out_len(xs[2], kernel[0], p.strides[0], dilations[0], pads[0], pads[2], p.ceil_mode),
+            pool_out_len(xs[3], kernel[1], p.strides[1], dilations[1], pads[1], pads[3], p.ceil_mode),
+        ];
+        assert_eq!(os, reference_shape, "{xs:?} {p:?}");
+        let mut out = vec![f32::NAN; numel(&os)];
+        ops::max_pool2d(&x, &xs, &p, &mut out).unwrap();
+        assert_close(&format!("max_pool2d {xs:?} {p:?}"), &out, &ref_pool(&x, xs, &p, true));
+        ops::avg_pool2d(&x, &xs, &p, &mut out).unwrap();
+        assert_close(&format!("avg_pool2d {xs:?} {p:?}"), &out, &ref_pool(&x, xs, &p, false));
+        done += 1;
+    }
+}
+
+#[test]
+fn pooling_onnx_examples() {
+    // onnx/backend/test/case/node: averagepool_2d_ceil and maxpool_2d_ceil.
+    let x: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+    let p = Pool2d { kernel: [3, 3], strides: [2, 2], ceil_mode: true, ..Pool2d::square(3) };
+    let mut out = vec![0.0; 4];
+    ops::avg_pool2d(&x, &[1, 1, 4, 4], &p, &mut out).unwrap();
+    assert_eq!(out, [6.0, 7.5, 12.0, 13.5]);
+    ops::max_pool2d(&x, &[1, 1, 4, 4], &p, &mut out).unwrap();
+    assert_eq!(out, [11.0, 12.0, 15.0, 16.0]);
+    // averagepool_2d_precomputed_pads(_count_include_pad): 5x5 input 1..25, k5, pads 2.
+    let x: Vec<f32> = (1..=25).map(|v| v as f32).collect();
+    let mut p = Pool2d { kernel: [5, 5], strides: [1, 1], pads: [2; 4], ..Pool2d::square(5) };
+    assert_eq!(ops::pool2d_output_shape(&[1, 1, 5, 5], &p).unwrap(), [1, 1, 5, 5]);
+    let mut out = vec![0.0; 25];
+    ops::avg_pool2d(&x, &[1, 1, 5, 5], &p, &mut out).unwrap();
+    assert_eq!(out[..5], [7.0, 7.5, 8.0, 8.5, 9.0]);
+    p.count_include_pad = true;
+    ops::avg_pool2d(&x, &[1, 1, 5, 5], &p, &mut out).unwrap();
+    for (o, e) in out[..5].iter().zip([2.52, 3.6, 4.8, 4.08, 3.24]) {
+        assert!((o - e).abs() < 1e-5, "{:?}", &out[..5]);
+    }
+    assert_eq!(out[12], 13.0);
+    // YOLO SPPF: k5 s1 p2 keeps the size.
+    let p = Pool2d { kernel: [5, 5], strides: [1, 1], pads: [2; 4], ..Pool2d::square(5) };
+    assert_eq!(ops::pool2d_output_shape(&[1, 8, 10, 10], &p).unwrap(), [1, 8, 10, 10]);
+}
+
+#[test]
+fn global_pools() {
+    let mut r = rng("global_pools");
+    for _ in 0..10 {
+        let xs = [pick(&mut r, 1, 2), pick(&mut r, 1, 5), pick(&mut r, 1, 9), pick(&mut r, 1, 9)];
+        let x = r.normal_vec(numel(&xs));
+        let len = xs[2] * xs[3];
+        let mut out = vec![0.0; xs[0] * xs[1]];
+        ops::global_avg_pool(&x, &xs, &mut out).unwrap();
+        let mean: Vec<f64> = x.chunks(len).map(|c| c.iter().map(|&v| v as f64).sum::<f64>() / len as f64).collect();
+        assert_close("global_avg_pool", &out, &mean);
+        ops::global_max_pool(&x, &xs, &mut out).unwrap();
+        let max: Vec<f64> = x.chunks(len).map(|c| c.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64))).collect();
+        assert_close("global_max_pool", &out, &max);
+    }
+}
+
+#[test]
+fn pooling_wrong_shapes_are_errors() {
+    let x = vec![1.0; 2 * 3 * 6 * 6];
+    let xs = [2, 3, 6, 6];
+    let p = Pool2d::square(2);
+    let mut out = vec![0.0; 2 * 3 * 3 * 3];
+    assert!(ops::max_pool2d(&x, &xs, &p, &mut out).is_ok());
+    assert!(ops::max_pool2d(&x[1..], &xs, &p, &mut out).is_err());
+    assert!(ops::avg_pool2d(&x, &xs, &p, &mut out[1..]).is_err());
+    assert!(ops::max_pool2d(&x, &[2, 3, 36], &p, &mut out).is_err());
+    assert!(ops::max_pool2d(&x, &xs, &Pool2d { strides: [0, 1], ..p.clone() }, &mut out).is_err());
+    assert!(ops::max_pool2d(&x, &xs, &Pool2d { pads: [2, 0, 0, 0], ..p.clone() }, &mut out).is_err(), "pad >= kernel");
+    assert!(ops::max_pool2d(&x, &xs, &Pool2d::square(7), &mut out).is_err(), "window larger than input");
+    assert!(ops::global_avg_pool(&x, &xs, &mut out).is_err());
+    assert!(ops::global_avg_pool(&x, &[72, 6], &mut out[..6]).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resize
+// ---------------------------------------------------------------------------------------------
+
+fn ref_coord(coord: CoordTransform, o: usize, in_len: usize, out_len: usize, scale: f64) -> f64 {
+    let o = o as f64;
+    match coord {
+        CoordTransform::HalfPixel => (o + 0.5) / scale - 0.5,
+        CoordTransform::PytorchHalfPixel => {
+            if out_len > 1 {
+                (o + 0.5) / scale - 0.5
+            } else {
+                0.0
+            }
+        }
+        CoordTransform::Asymmetric => o / scale,
+        CoordTransform::AlignCorners => {
+            if out_len > 1 {
+                o * (in_len as f64 - 1.0) / (out_len as f64 - 1.0)
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+fn ref_nearest(mode: NearestMode, x: f64, in_len: usize) -> usize {
+    let r = match mode {
+        NearestMode::Floor => x.floor(),
+        NearestMode::Ceil => x.ceil(),
+        NearestMode::RoundPreferFloor => {
+            if x - x.floor() == 0.5 {
+                x.floor()
+            } else {
+                x.round()
+            }
+        }
+        NearestMode::RoundPreferCeil => {
+            if x - x.floor() == 0.5 {
+                x.ceil()
+            } else {
+                x.round()
+            }
+        }
+    };
+    r.max(0.0).min(in_len as f64 - 1.0) as usize
+}
+
+fn ref_resize(x: &[f32], xs: [usize; 4], oh: usize, ow: usize, p: &Resize) -> Vec<f64> {
+    let [n, c, h, w] = xs;
+    let (sh, sw) = match p.scales {
+        Some([a, b]) => (a as f64, b as f64),
+        None => (oh as f64 / h as f64, ow as f64 / w as f64),
+    };
+    let at = |plane: usize, y: usize, xx: usize| x[(plane * h + y) * w + xx] as f64;
+    let mut out = Vec::new();
+    for plane in 0..n * c {
+        for y in 0..oh {
+            for xo in 0..ow {
+                let cy = ref_coord(p.coord, y, h, oh, sh);
+                let cx = ref_coord(p.coord, xo, w, ow, sw);
+                out.push(match p.mode {
+                    ResizeMode::Nearest => at(plane, ref_nearest(p.nearest, cy, h), ref_nearest(p.nearest, cx, w)),
+                    ResizeMode::Linear => {
+                        let cy = cy.max(0.0).min(h as f64 - 1.0);
+                        let cx = cx.max(0.0).min(w as f64 - 1.0);
+                        let (y0, x0) = (cy.floor() as usize, cx.floor() as usize);
+                        let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+                        let (fy, fx) = (cy - y0 as f64, cx - x0 as f64);
+                        (1.0 - fy) * ((1.0 - fx) * at(plane, y0, x0) + fx * at(plane, y0, x1))
+                            + fy * ((1.0 - fx) * at(plane, y1, x0) + fx * at(plane, y1, x1))
+                    }
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn resize_every_mode_random_sizes() {
+    let mut r = rng("resize_every_mode_random_sizes");
+    let coords = [
+        CoordTransform::HalfPixel,
+        CoordTransform::Asymmetric,
+        CoordTransform::AlignCorners,
+        CoordTransform::PytorchHalfPixel,
+    ];
+    let nearest = [NearestMode::RoundPreferFloor, NearestMode::RoundPreferCeil, NearestMode::Floor, NearestMode::Ceil];
+    for mode in [ResizeMode::Nearest, ResizeMode::Linear] {
+        for coord in coords {
+            for near in nearest {
+                if mode == ResizeMode::Linear && near != NearestMode::RoundPreferFloor {
+                    continue;
+                }
+                for t in 0..4 {
+                    let xs = [pick(&mut r, 1, 2), pick(&mut r, 1, 3), pick(&mut r, 1, 7), pick(&mut r, 1, 7)];
+                    let (oh, ow, scales) = match t {
+                        // Integer 2x (the YOLO neck), given as scales.
+                        0 => (xs[2] * 2, xs[3] * 2, Some([2.0, 2.0])),
+                        // Sizes: up, down or odd ratios.
+                        1 | 2 => (pick(&mut r, 1, 15), pick(&mut r, 1, 15), None),
+                        // Non-integer scales where in * scale is not whole.
+                        _ => {
+                            let (a, b) = (r.uniform(0.5, 3.0), r.uniform(0.5, 3.0));
+                            let oh = ((xs[2] as f64 * a as f64).floor() as usize).max(1);
+                            let ow = ((xs[3] as f64 * b as f64).floor() as usize).max(1);
+                            (oh, ow, Some([a, b]))
+                        }
+                    };
+                    let p = Resize { mode, coord, nearest: near, scales };
+                    let x = r.normal_vec(numel(&xs));
+                    let os = [xs[0], xs[1], oh, ow];
+                    let mut out = vec![f32::NAN; numel(&os)];
+                    ops::resize(&x, &xs, &os, &p, &mut out).unwrap();
+                    assert_close(&format!("resize {xs:?} -> {os:?} {p:?}"), &out, &ref_resize(&x, xs, oh, ow, &p));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn resize_onnx_examples() {
+    let x = [1.0, 2.0, 3.0, 4.0];
+    // resize_upsample_scales_nearest: scales [1, 1, 2, 3], half_pixel, round_prefer_floor.
+    let mut out = vec![0.0; 24];
+    let p = Resize { scales: Some([2.0, 3.0]), ..Resize::default() };
+    ops::resize(&x, &[1, 1, 2, 2], &[1, 1, 4, 6], &p, &mut out).unwrap();
+    let row1 = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0];
+    let row3 = [3.0, 3.0, 3.0, 4.0, 4.0, 4.0];
+    assert_eq!(out, [row1, row1, row3, row3].concat());
+    // resize_upsample_scales_linear (half_pixel).
+    let mut out = vec![0.0; 16];
+    let p = Resize { mode: ResizeMode::Linear, ..Resize::default() };
+    ops::resize(&x, &[1, 1, 2, 2], &[1, 1, 4, 4], &p, &mut out).unwrap();
+    let expected = [1.0, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0];
+    assert_eq!(out, expected);
+    // resize_upsample_scales_linear_align_corners.
+    let p = Resize { mode: ResizeMode::Linear, coord: CoordTransform::AlignCorners, ..Resize::default() };
+    ops::resize(&x, &[1, 1, 2, 2], &[1, 1, 4, 4], &p, &mut out).unwrap();
+    let expected = [
+        1.0,
+        1.333_333_3,
+        1.666_666_7,
+        2.0,
+        1.666_666_7,
+        2.0,
+        2.333_333_3,
+        2.666_666_7,
+        2.333_333_3,
+        2.666_666_7,
+        3.0,
+        3.333_333_3,
+        3.0,
+        3.333_333_3,
+        3.666_666_7,
+        4.0,
+    ];
+    for (o, e) in out.iter().zip(expected) {
+        assert!((o - e).abs() < 1e-6, "{out:?}");
+    }
+    // YOLOv8 neck: nearest, asymmetric, floor, 2x: every pixel copied into a 2x2 block.
+    let p = Resize { coord: CoordTransform::Asymmetric, nearest: NearestMode::Floor, ..Resize::default() };
+    ops::resize(&x, &[1, 1, 2, 2], &[1, 1, 4, 4], &p, &mut out).unwrap();
+    assert_eq!(out, [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]);
+}
+
+#[test]
+fn resize_wrong_shapes_are_errors() {
+    let x = vec![1.0; 12];
+    let mut out = vec![0.0; 48];
+    let p = Resize::default();
+    assert!(ops::resize(&x, &[1, 3, 2, 2], &[1, 3, 4, 4], &p, &mut out).is_ok());
+    assert!(ops::resize(&x, &[1, 3, 2, 2], &[1, 2, 4, 6], &p, &mut out).is_err(), "C changes");
+    assert!(ops::resize(&x, &[1, 3, 2, 2], &[1, 3, 4, 4], &p, &mut out[1..]).is_err());
+    assert!(ops::resize(&x[1..], &[1, 3, 2, 2], &[1, 3, 4, 4], &p, &mut out).is_err());
+    assert!(ops::resize(&x, &[3, 2, 2], &[3, 4, 4], &p, &mut out).is_err(), "3-D");
+    let bad = Resize { scales: Some([0.0, 2.0]), ..Resize::default() };
+    assert!(ops::resize(&x, &[1, 3, 2, 2], &[1, 3, 4, 4], &bad, &mut out).is_err());
+    assert!(ops::ResizeMode::from_onnx("cubic").is_err());
+    assert!(ops::CoordTransform::from_onnx("tf_crop_and_resize").is_err());
+    assert_eq!(ops::NearestMode::from_onnx("floor").unwrap(), NearestMode::Floor);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concat, split, slice, transpose
+// ---------------------------------------------------------------------------------------------
+
+fn random_shape(r: &mut SplitMix64, rank: usize, max: usize) -> Vec<usize> {
+    (0..rank).map(|_| pick(r, 1, max)).collect()
+}
+
+#[test]
+fn concat_and_split_round_trip() {
+    let mut r = rng("concat_and_split_round_trip");
+    for _ in 0..30 {
+        let rank = pick(&mut r, 1, 4);
+        let base = random_shape(&mut r, rank, 5);
+        let axis = pick(&mut r, 0, rank - 1);
+        let parts = pick(&mut r, 1, 4);
+        let sizes: Vec<usize> = (0..parts).map(|_| pick(&mut r, 0, 4)).collect();
+        let shapes: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|&s| {
+                let mut sh = base.clone();
+                sh[axis] = s;
+                sh
+            })
+            .collect();
+        let data: Vec<Vec<f32>> = shapes.iter().map(|s| r.normal_vec(numel(s))).collect();
+        let mut out_shape = base.clone();
+        out_shape[axis] = sizes.iter().sum();
+        // Reference: output element at index idx comes from the part whose axis range holds it.
+        let reference: Vec<f64> = (0..numel(&out_shape))
+            .map(|i| {
+                let mut idx = unravel(i, &out_shape);
+                let mut part = 0;
+                while idx[axis] >= sizes[part] {
+                    idx[axis] -= sizes[part];
+                    part += 1;
+                }
+                data[part][ravel(&idx, &shapes[part])] as f64
+            })
+            .collect();
+        // A negative axis half the time.
+        let axis_arg = if r.below(2) == 0 { axis as i64 } else { axis as i64 - rank as i64 };
+        let inputs: Vec<(&[f32], &[usize])> = data.iter().zip(&shapes).map(|(d, s)| (&d[..], &s[..])).collect();
+        let mut out = vec![f32::NAN; numel(&out_shape)];
+        ops::concat(&inputs, axis_arg, &mut out).unwrap();
+        if reference.iter().any(|&v| v != 0.0) {
+            assert_close("concat", &out, &reference);
+        }
+        let mut back: Vec<Vec<f32>> = shapes.iter().map(|s| vec![f32::NAN; numel(s)]).collect();
+        let mut outs: Vec<&mut [f32]> = back.iter_mut().map(|v| &mut v[..]).collect();
+        ops::split(&out, &out_shape, axis_arg, &sizes, &mut outs).unwrap();
+        assert_eq!(back, data, "split undoes concat");
+    }
+}
+
+#[test]
+fn concat_split_wrong_shapes_are_errors() {
+    let a = vec![1.0; 6];
+    let b = vec![1.0; 4];
+    let mut out = vec![0.0; 10];
+    assert!(ops::concat(&[(&a, &[2, 3]), (&b, &[2, 2])], 1, &mut out).is_ok());
+    assert!(ops::concat(&[(&a, &[2, 3]), (&b, &[2, 2])], 0, &mut out).is_err(), "off-axis mismatch");
+    assert!(ops::concat(&[(&a, &[2, 3]), (&b, &[4])], 0, &mut out).is_err(), "rank mismatch");
+    assert!(ops::concat(&[(&a, &[2, 3]), (&b, &[2, 2])], 2, &mut out).is_err(), "axis out of range");
+    assert!(ops::concat(&[(&a, &[2, 3]), (&b, &[2, 2])], 1, &mut out[1..]).is_err(), "output length");
+    assert!(ops::concat(&[], 0, &mut out).is_err(), "no inputs");
+    let (mut p, mut q) = (vec![0.0; 6], vec![0.0; 4]);
+    assert!(ops::split(&out, &[2, 5], 1, &[3, 2], &mut [&mut p, &mut q]).is_ok());
+    assert!(ops::split(&out, &[2, 5], 1, &[3, 1], &mut [&mut p, &mut q]).is_err(), "sizes do not cover");
+    assert!(ops::split(&out, &[2, 5], 1, &[3, 2], &mut [&mut p]).is_err(), "output count");
+    assert!(ops::split(&out, &[2, 5], 1, &[2, 3], &mut [&mut p, &mut q]).is_err(), "output length");
+}
+
+/// ONNX Slice semantics stated plainly: per axis, the list of source indices.
+fn ref_slice_indices(dim: usize, start: i64, end: i64, step: i64) -> Vec<usize> {
+    let d = dim as i64;
+    let mut s = if start < 0 { start.saturating_add(d) } else { start };
+    let mut e = if end < 0 { end.saturating_add(d) } else { end };
+    if step > 0 {
+        s = s.clamp(0, d);
+        e = e.clamp(0, d);
+    } else {
+        s = s.clamp(0, (d - 1).max(0));
+        e = e.clamp(-1, d - 1);
+    }
+    let mut v = Vec::new();
+    let mut i = s;
+    while (step > 0 && i < e) || (step < 0 && i > e) {
+        if i >= 0 && i < d {
+            v.push(i as usize);
+        }
+        i += step;
+    }
+    v
+}
+
+#[test]
+fn slice_random_with_clamping_and_negative_steps() {
+    let mut r = rng("slice_random_with_clamping_and_negative_steps");
+    for _ in 0..60 {
+        let rank = pick(&mut r, 1, 4);
+        let shape = random_shape(&mut r, rank, 6);
+        let x = r.normal_vec(numel(&shape));
+        let mut axes: Vec<usize> = (0..rank).filter(|_| r.below(3) != 0).collect();
+        if axes.is_empty() {
+            axes.push(0);
+        }
+        let endpoint = |r: &mut SplitMix64| match r.below(8) {
+            0 => i64::MAX,
+            1 => i64::MIN,
+            _ => r.below(17) as i64 - 8,
+        };
+        let starts: Vec<i64> = axes.iter().map(|_| endpoint(&mut r)).collect();
+        let ends: Vec<i64> = axes.iter().map(|_| endpoint(&mut r)).collect();
+        let steps: Vec<i64> = axes.iter().map(|_| [1, 1, 2, 3, -1, -2][r.below(6) as usize]).collect();
+        // Axes given as negative numbers half the time.
+        let axes_arg: Vec<i64> =
+            axes.iter().map(|&a| if r.below(2) == 0 { a as i64 } else { a as i64 - rank as i64 }).collect();
+        let per_axis: Vec<Vec<usize>> = (0..rank)
+            .map(|d| match axes.iter().position(|&a| a == d) {
+                Some(i) => ref_slice_indices(shape[d], starts[i], ends[i], steps[i]),
+                None => (0..shape[d]).collect(),
+            })
+            .collect();
+        let out_shape: Vec<usize> = per_axis.iter().map(Vec::len).collect();
+        let got_shape = ops::slice_output_shape(&shape, &starts, &ends, Some(&axes_arg), Some(&steps)).unwrap();
+        assert_eq!(
+            got_shape, out_shape,
+            "shape {shape:?} starts {starts:?} ends {ends:?} axes {axes:?} steps {steps:?}"
+        );
+        let reference: Vec<f64> = (0..numel(&out_shape))
+            .map(|i| {
+                let idx = unravel(i, &out_shape);
+                let src: Vec<usize> = idx.iter().enumerate().map(|(d, &j)| per_axis[d][j]).collect();
+                x[ravel(&src, &shape)] as f64
+            })
+            .collect();
+        let mut out = vec![f32::NAN; numel(&out_shape)];
+        ops::slice(&x, &shape, &starts, &ends, Some(&axes_arg), Some(&steps), &mut out).unwrap();
+        let exact: Vec<f32> = reference.iter().map(|&v| v as f32).collect();
+        assert_eq!(out, exact, "slice {shape:?} starts {starts:?} ends {ends:?} axes {axes:?} steps {steps:?}");
+    }
+    // Defaults: axes 0..n, steps 1.
+    let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let mut out = vec![0.0; 4];
+    ops::slice(&x, &[3, 4], &[1, 1], &[3, -1], None, None, &mut out).unwrap();
+    assert_eq!(out, [5.0, 6.0, 9.0, 10.0]);
+    // Reverse a whole axis (the YOLO BGR -> RGB flip).
+    let mut out = vec![0.0; 12];
+    ops::slice(&x, &[3, 4], &[-1], &[i64::MIN], Some(&[0]), Some(&[-1]), &mut out).unwrap();
+    assert_eq!(out, [8.0, 9.0, 10.0, 11.0, 4.0, 5.0, 6.0, 7.0, 0.0, 1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn slice_wrong_arguments_are_errors() {
+    let x = vec![1.0; 12];
+    let mut out = vec![0.0; 12];
+    assert!(ops::slice(&x, &[3, 4], &[0], &[3], Some(&[0]), Some(&[0]), &mut out).is_err(), "step 0");
+    assert!(ops::slice(&x, &[3, 4], &[0, 0], &[3, 4], Some(&[0, -2]), None, &mut out).is_err(), "repeated axis");
+    assert!(ops::slice(&x, &[3, 4], &[0], &[3, 4], None, None, &mut out).is_err(), "ends length");
+    assert!(ops::slice(&x, &[3, 4], &[0], &[3], Some(&[2]), None, &mut out).is_err(), "axis out of range");
+    assert!(ops::slice(&x, &[3, 4], &[0], &[2], None, None, &mut out).is_err(), "output length");
+    assert!(ops::slice(&x[1..], &[3, 4], &[0], &[3], None, None, &mut out).is_err(), "input length");
+}
+
+#[test]
+fn transpose_random_permutations() {
+    let mut r = rng("transpose_random_permutations");
+    for _ in 0..40 {
+        let rank = pick(&mut r, 1, 5);
+        let shape = random_shape(&mut r, rank, 5);
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            perm.swap(i, pick(&mut r, 0, i));
+        }
+        let x = r.normal_vec(numel(&shape));
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let reference: Vec<f64> = (0..numel(&out_shape))
+            .map(|i| {
+                let idx = unravel(i, &out_shape);
+                let mut src = vec![0; rank];
+                for (o, &p) in perm.iter().enumerate() {
+                    src[p] = idx[o];
+                }
+                x[ravel(&src, &shape)] as f64
+            })
+            .collect();
+        let mut out = vec![f32::NAN; x.len()];
+        ops::transpose(&x, &shape, &perm, &mut out).unwrap();
+        assert_close(&format!("transpose {shape:?} {perm:?}"), &out, &reference);
+    }
+    let x = vec![1.0; 6];
+    let mut out = vec![0.0; 6];
+    assert!(ops::transpose(&x, &[2, 3], &[0, 0], &mut out).is_err(), "not a permutation");
+    assert!(ops::transpose(&x, &[2, 3], &[1], &mut out).is_err(), "short perm");
+    assert!(ops::transpose(&x, &[2, 3], &[1, 2], &mut out).is_err(), "index out of range");
+    assert!(ops::transpose(&x, &[2, 3], &[1, 0], &mut out[1..]).is_err(), "output length");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+// ---------------------------------------------------------------------------------------------
+
+fn ref_binary(
+    op: BinaryOp,
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out_shape: &[usize],
+) -> Vec<f64> {
+    let src = |idx: &[usize], shape: &[usize]| {
+        let lead = idx.len() - shape.len();
+        let own: Vec<usize> = shape.iter().enumerate().map(|(d, &n)| if n == 1 { 0 } else { idx[lead + d] }).collect();
+        ravel(&own, shape)
+    };
+    (0..numel(out_shape))
+        .map(|i| {
+            let idx = unravel(i, out_shape);
+            let (x, y) = (a[src(&idx, a_shape)] as f64, b[src(&idx, b_shape)] as f64);
+            match op {
+                BinaryOp::Add => x + y,
+                BinaryOp::Sub => x - y,
+                BinaryOp::Mul => x * y,
+                BinaryOp::Div => x / y,
+            }
+        })
+        .collect()
+}
+
+/// Denominators kept away from zero so Div's relative error means something.
+fn away_from_zero(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| if x.abs() < 0.25 { x.signum() * 0.25 + x } else { x }).collect()
+}
+
+#[test]
+fn binary_broadcasting_random() {
+    let mut r = rng("binary_broadcasting_random");
+    let ops_all = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
+    for t in 0..80 {
+        let rank = pick(&mut r, 0, 5);
+        let out_shape = random_shape(&mut r, rank, 4);
+        let derive = |r: &mut SplitMix64| -> Vec<usize> {
+            let keep = pick(r, 0, rank);
+            out_shape[rank - keep..].iter().map(|&d| if r.below(3) == 0 { 1 } else { d }).collect()
+        };
+        let (a_shape, b_shape) = match t % 4 {
+            0 => (out_shape.clone(), out_shape.clone()),
+            1 => (out_shape.clone(), vec![]),
+            2 => (vec![1], out_shape.clone()),
+            _ => (derive(&mut r), derive(&mut r)),
+        };
+        let full = ops::broadcast_shape(&a_shape, &b_shape).unwrap();
+        let a = r.normal_vec(numel(&a_shape));
+        let b = away_from_zero(r.normal_vec(numel(&b_shape)));
+        let op = ops_all[r.below(4) as usize];
+        let mut out = vec![f32::NAN; numel(&full)];
+        ops::binary(op, &a, &a_shape, &b, &b_shape, &mut out).unwrap();
+        let reference = ref_binary(op, &a, &a_shape, &b, &b_shape, &full);
+        assert_close(&format!("{op:?} {a_shape:?} {b_shape:?}"), &out, &reference);
+    }
+}
+
+#[test]
+fn binary_per_channel_and_named_forms() {
+    let mut r = rng("binary_per_channel_and_named_forms");
+    let (xs, cs) = ([2usize, 5, 3, 7], [1usize, 5, 1, 1]);
+    let x = r.normal_vec(numel(&xs));
+    let c = away_from_zero(r.normal_vec(5));
+    let mut out = vec![0.0; x.len()];
+    type Named = fn(&[f32], &[usize], &[f32], &[usize], &mut [f32]) -> kestrel::Result<()>;
+    let named: [(BinaryOp, Named); 4] =
+        [(BinaryOp::Add, ops::add), (BinaryOp::Sub, ops::sub), (BinaryOp::Mul, ops::mul), (BinaryOp::Div, ops::div)];
+    for (op, f) in named {
+        f(&x, &xs, &c, &cs, &mut out).unwrap();
+        assert_close(&format!("{op:?} per-channel"), &out, &ref_binary(op, &x, &xs, &c, &cs, &xs));
+        // And the other way round: [1, C, 1, 1] op [N, C, H, W].
+        let xd = away_from_zero(x.clone());
+        f(&c, &cs, &xd, &xs, &mut out).unwrap();
+        assert_close(&format!("{op:?} per-channel (left)"), &out, &ref_binary(op, &c, &cs, &xd, &xs, &xs));
+    }
+    // Per-row vector on the last axis and a [N, 1] column: [3, 4] + [4], [3, 4] * [3, 1].
+    let a = r.normal_vec(12);
+    let (row, col) = (r.normal_vec(4), r.normal_vec(3));
+    let mut out = vec![0.0; 12];
+    ops::add(&a, &[3, 4], &row, &[4], &mut out).unwrap();
+    assert_close("row vector", &out, &ref_binary(BinaryOp::Add, &a, &[3, 4], &row, &[4], &[3, 4]));
+    ops::mul(&a, &[3, 4], &col, &[3, 1], &mut out).unwrap();
+    assert_close("column vector", &out, &ref_binary(BinaryOp::Mul, &a, &[3, 4], &col, &[3, 1], &[3, 4]));
+    // Outer product by broadcasting: [3, 1] + [1, 4].
+    ops::add(&col, &[3, 1], &row, &[1, 4], &mut out).unwrap();
+    assert_close("outer", &out, &ref_binary(BinaryOp::Add, &col, &[3, 1], &row, &[1, 4], &[3, 4]));
+}
+
+#[test]
+fn binary_wrong_shapes_are_errors() {
+    let a = vec![1.0; 6];
+    let mut out = vec![0.0; 6];
+    assert!(ops::add(&a, &[2, 3], &a[..3], &[3], &mut out).is_ok());
+    assert!(ops::add(&a, &[2, 3], &a[..2], &[2], &mut out).is_err(), "3 vs 2");
+    assert!(ops::add(&a, &[2, 3], &a[..3], &[3], &mut out[1..]).is_err(), "output length");
+    assert!(ops::add(&a[1..], &[2, 3], &a[..3], &[3], &mut out).is_err(), "input length");
+    assert!(ops::add(&a, &[2, 3], &a[..3], &[1, 1, 1, 1, 1, 1, 1, 1, 3], &mut out).is_err(), "rank above MAX_RANK");
+    assert!(ops::broadcast_shape(&[2, 3], &[4, 3]).is_err());
+    assert_eq!(ops::broadcast_shape(&[5, 1, 3], &[4, 1]).unwrap(), [5, 4, 3]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn activations_match_twins() {
+    let mut r = rng("activations_match_twins");
+    let shape = [2usize, 3, 5, 7];
+    let n = numel(&shape);
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Silu,
+        Activation::Elu { alpha: 0.7 },
+        Activation::Gelu,
+        Activation::ClippedRelu(ClipThreshold::PerLayer(1.5)),
+        Activation::ClippedRelu(ClipThreshold::PerChannel(vec![0.5, 1.0, 2.0])),
+        Activation::LeakyRelu { alpha: 0.01 },
+        Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
+        Activation::HardSwish,
+        Activation::Clip { min: 0.0, max: 6.0 },
+    ];
+    for act in &acts {
+        // Wide inputs: 4 sigma covers the tails of sigmoid and GELU.
+        let x: Vec<f32> = r.normal_vec(n).into_iter().map(|v| 4.0 * v).collect();
+        let reference: Vec<f64> = (0..n).map(|i| act64(act, x[i] as f64, (i / (5 * 7)) % 3)).collect();
+        let mut out = vec![f32::NAN; n];
+        ops::activation(&x, &shape, act, &mut out).unwrap();
+        assert_close(&format!("{act:?}"), &out, &reference);
+        let mut inplace = x.clone();
+        ops::activation_inplace(&mut inplace, &shape, act).unwrap();
+        assert_eq!(inplace, out, "{act:?} in place");
+    }
+    // The named entry points agree with the enum.
+    let x: Vec<f32> = r.normal_vec(n).into_iter().map(|v| 3.0 * v).collect();
+    let mut out = vec![0.0; n];
+    let mut via_enum = vec![0.0; n];
+    type Unary = fn(&[f32], &mut [f32]) -> kestrel::Result<()>;
+    type InPlace = fn(&mut [f32]);
+    let named: [(Activation, Unary, InPlace); 4] = [
+        (Activation::Relu, ops::relu, ops::relu_inplace),
+        (Activation::Sigmoid, ops::sigmoid, ops::sigmoid_inplace),
+        (Activation::Silu, ops::silu, ops::silu_inplace),
+        (Activation::Gelu, ops::gelu, ops::gelu_inplace),
+    ];
+    for (act, f, g) in named {
+        f(&x, &mut out).unwrap();
+        ops::activation(&x, &shape, &act, &mut via_enum).unwrap();
+        assert_eq!(out, via_enum, "{act:?}");
+        let mut y = x.clone();
+        g(&mut y);
+        assert_eq!(y, out, "{act:?} in place");
+    }
+    ops::elu(&x, 0.5, &mut out).unwrap();
+    let mut y = x.clone();
+    ops::elu_inplace(&mut y, 0.5);
+    assert_eq!(y, out);
+    assert_close(
+        "elu",
+        &out,
+        &x.iter().map(|&v| act64(&Activation::Elu { alpha: 0.5 }, v as f64, 0)).collect::<Vec<_>>(),
+    );
+    let t = ClipThreshold::PerChannel(vec![0.5, 1.0, 2.0]);
+    ops::clipped_relu(&x, &shape, &t, &mut out).unwrap();
+    let mut y = x.clone();
+    ops::clipped_relu_inplace(&mut y, &shape, &t).unwrap();
+    assert_eq!(y, out);
+    ops::activation(&x, &shape, &Activation::ClippedRelu(t), &mut via_enum).unwrap();
+    assert_eq!(out, via_enum);
+}
+
+/// The approximations behind sigmoid, SiLU and GELU hold elementwise, not just in L2.
+#[test]
+fn activation_approximations_hold_pointwise() {
+    let check = |act: Activation, lo: f32, hi: f32, rel: f64| {
+        let x: Vec<f32> = (0..=4000).map(|i| lo + (hi - lo) * i as f32 / 4000.0).collect();
+        let mut out = vec![0.0; x.len()];
+        ops::activation(&x, &[x.len()], &act, &mut out).unwrap();
+        for (&v, &o) in x.iter().zip(&out) {
+            let e = act64(&act, v as f64, 0);
+            let err = (o as f64 - e).abs();
+            assert!(
+                err <= rel * e.abs() + 1e-30,
+                "{act:?}({v}) = {o}, expected {e} (relative error {:.2e})",
+                err / e.abs()
+            );
+        }
+    };
+    check(Activation::Sigmoid, -80.0, 80.0, 1e-6);
+    check(Activation::Silu, -80.0, 80.0, 1e-6);
+    check(Activation::Gelu, -5.0, 9.0, 2e-6);
+    // Deep in the left tail exp(-x^2 / 2) loses a few f32 ulps to the rounding of x^2.
+    check(Activation::Gelu, -9.0, -5.0, 1e-5);
+    check(Activation::Elu { alpha: 1.0 }, -80.0, -0.5, 1e-6);
+}
+
+#[test]
+fn activation_wrong_shapes_are_errors() {
+    let x = vec![1.0; 12];
+    let mut out = vec![0.0; 12];
+    assert!(ops::relu(&x, &mut out[1..]).is_err());
+    let t = ClipThreshold::PerChannel(vec![1.0; 4]);
+    assert!(ops::clipped_relu(&x, &[2, 3, 2], &t, &mut out).is_err(), "4 thresholds, 3 channels");
+    assert!(ops::clipped_relu(&x, &[12], &t, &mut out).is_err(), "no channel axis");
+    assert!(ops::activation(&x, &[2, 5], &Activation::Relu, &mut out).is_err(), "shape vs length");
+    assert!(ops::activation(&x, &[12], &Activation::Clip { min: 1.0, max: 0.0 }, &mut out).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax, matmul, linear, layer norm
+// ---------------------------------------------------------------------------------------------
+
+fn ref_softmax(x: &[f32], shape: &[usize], axis: usize) -> Vec<f64> {
+    let inner: usize = shape[axis + 1..].iter().product();
+    let len = shape[axis];
+    let mut out = vec![0.0; x.len()];
+    for i in 0..x.len() {
+        let idx = unravel(i, shape);
+        let base = i - idx[axis] * inner;
+        let max = (0..len).map(|a| x[base + a * inner] as f64).fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = (0..len).map(|a| (x[base + a * inner] as f64 - max).exp()).sum();
+        out[i] = (x[i] as f64 - max).exp() / sum;
+    }
+    out
+}
+
+#[test]
+fn softmax_random_axes() {
+    let mut r = rng("softmax_random_axes");
+    for _ in 0..30 {
+        let rank = pick(&mut r, 1, 4);
+        let shape = random_shape(&mut r, rank, 7);
+        let axis = pick(&mut r, 0, rank - 1);
+        // Large logits: the max subtraction is what keeps these finite.
+        let x: Vec<f32> = r.normal_vec(numel(&shape)).into_iter().map(|v| 30.0 * v + 50.0).collect();
+        let axis_arg = if r.below(2) == 0 { axis as i64 } else { axis as i64 - rank as i64 };
+        let mut out = vec![f32::NAN; x.len()];
+        ops::softmax(&x, &shape, axis_arg, &mut out).unwrap();
+        assert_close(&format!("softmax {shape:?} axis {axis_arg}"), &out, &ref_softmax(&x, &shape, axis));
+    }
+    // A strided axis wider than the lane block.
+    let shape = [2, 5, 70];
+    let x = r.normal_vec(numel(&shape));
+    let mut out = vec![0.0; x.len()];
+    ops::softmax(&x, &shape, 1, &mut out).unwrap();
+    assert_close("softmax [2, 5, 70] axis 1", &out, &ref_softmax(&x, &shape, 1));
+    assert!(ops::softmax(&x, &shape, 3, &mut out).is_err(), "axis out of range");
+    assert!(ops::softmax(&x, &shape, -4, &mut out).is_err(), "axis out of range");
+    assert!(ops::softmax(&x, &shape, 0, &mut out[1..]).is_err(), "output length");
+}
+
+fn ref_matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize]) -> (Vec<f64>, Vec<usize>) {
+    let a2: Vec<usize> = if a_shape.len() == 1 { vec![1, a_shape[0]] } else { a_shape.to_vec() };
+    let b2: Vec<usize> = if b_shape.len() == 1 { vec![b_shape[0], 1] } else { b_shape.to_vec() };
+    let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+    let batch = ops::broadcast_shape(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).unwrap();
+    let pick_batch = |idx: &[usize], own: &[usize]| {
+        let lead = idx.len() - own.len();
+        let i: Vec<usize> = own.iter().enumerate().map(|(d, &s)| if s == 1 { 0 } else { idx[lead + d] }).collect();
+        ravel(&i, own)
+    };
+    let mut out = Vec::new();
+    for bi in 0..numel(&batch) {
+        let idx = unravel(bi, &batch);
+        let (ab, bb) = (pick_batch(&idx, &a2[..a2.len() - 2]), pick_batch(&idx, &b2[..b2.len() - 2]));
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|t| a[ab * m * k + i * k + t] as f64 * b[bb * k * n + t * n + j] as f64).sum();
+                out.push(s);
+            }
+        }
+    }
+    let mut shape = batch;
+    if a_shape.len() > 1 {
+        shape.push(m);
+    }
+    if b_shape.len() > 1 {
+        shape.push(n);
+    }
+    (out, shape)
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    let mut r = rng("matmul_batched_and_broadcast");
+    for portable in [false, true] {
+        ops::force_portable_kernels(portable);
+        for t in 0..30 {
+            let (m, k, n) = (pick(&mut r, 1, 13), pick(&mut r, 1, 19), pick(&mut r, 1, 30));
+            let (a_shape, b_shape): (Vec<usize>, Vec<usize>) = match t % 6 {
+                0 => (vec![m, k], vec![k, n]),
+                1 => (vec![pick(&mut r, 1, 3), m, k], vec![k, n]),
+                2 => (vec![2, 3, m, k], vec![3, k, n]),
+                3 => (vec![2, 1, m, k], vec![1, 3, k, n]),
+                4 => (vec![k], vec![2, k, n]),
+                _ => (vec![3, m, k], vec![k]),
+            };
+            let a = r.normal_vec(numel(&a_shape));
+            let b = r.normal_vec(numel(&b_shape));
+            let (reference, shape) = ref_matmul(&a, &a_shape, &b, &b_shape);
+            assert_eq!(ops::matmul_output_shape(&a_shape, &b_shape).unwrap(), shape);
+            let mut out = vec![f32::NAN; numel(&shape)];
+            ops::matmul(&a, &a_shape, &b, &b_shape, &mut out).unwrap();
+            assert_close(&format!("matmul {a_shape:?} x {b_shape:?}"), &out, &reference);
+        }
+    }
+    ops::force_portable_kernels(false);
+    // Threaded: both the folded (shared B) and the per-batch split.
+    for (a_shape, b_shape) in [(vec![4, 40, 96], vec![96, 160]), (vec![6, 40, 64], vec![6, 64, 150])] {
+        let a = r.normal_vec(numel(&a_shape));
+        let b = r.normal_vec(numel(&b_shape));
+        let (reference, shape) = ref_matmul(&a, &a_shape, &b, &b_shape);
+        let mut out = vec![f32::NAN; numel(&shape)];
+        ops::matmul(&a, &a_shape, &b, &b_shape, &mut out).unwrap();
+        assert_close(&format!("matmul {a_shape:?} x {b_shape:?}"), &out, &reference);
+    }
+}
+
+#[test]
+fn matmul_wrong_shapes_are_errors() {
+    let a = vec![1.0; 12];
+    let mut out = vec![0.0; 16];
+    assert!(ops::matmul(&a, &[3, 4], &a, &[4, 3], &mut out[..9]).is_ok());
+    assert!(ops::matmul(&a, &[3, 4], &a, &[3, 4], &mut out[..9]).is_err(), "K mismatch");
+    assert!(ops::matmul(&a, &[3, 4], &a, &[4, 3], &mut out[..8]).is_err(), "output length");
+    assert!(ops::matmul(&a, &[2, 3, 2], &a, &[3, 2, 2], &mut out[..12]).is_err(), "batch 2 vs 3");
+    assert!(ops::matmul(&a, &[], &a, &[4, 3], &mut out).is_err(), "scalar");
+    assert!(ops::matmul_output_shape(&[5, 2, 3], &[3, 4]).unwrap() == [5, 2, 4]);
+}
+
+#[test]
+fn linear_matches_twin() {
+    let mut r = rng("linear_matches_twin");
+    let cases: [(Vec<usize>, usize); 6] = [
+        (vec![1, 17], 9),
+        (vec![2, 33], 40),
+        (vec![5, 16], 24),
+        (vec![2, 7, 20], 30),
+        (vec![64, 48], 70),
+        (vec![3], 4),
+    ];
+    for (xs, nf) in cases {
+        let k = *xs.last().unwrap();
+        let m = numel(&xs) / k;
+        let x = r.normal_vec(numel(&xs));
+        let w = r.normal_vec(nf * k);
+        let b = r.normal_vec(nf);
+        for bias in [Some(&b[..]), None] {
+            let reference: Vec<f64> = (0..m * nf)
+                .map(|i| {
+                    let (row, f) = (i / nf, i % nf);
+                    (0..k).map(|t| x[row * k + t] as f64 * w[f * k + t] as f64).sum::<f64>()
+                        + bias.map_or(0.0, |bb| bb[f] as f64)
+                })
+                .collect();
+            let mut out = vec![f32::NAN; m * nf];
+            ops::linear(&x, &xs, &w, &[nf, k], bias, &mut out).unwrap();
+            assert_close(&format!("linear {xs:?} x [{nf}, {k}]"), &out, &reference);
+        }
+    }
+    let x = [1.0; 6];
+    let mut out = [0.0; 8];
+    assert!(ops::linear(&x, &[2, 3], &x[..3], &[1, 3], None, &mut out[..2]).is_ok());
+    assert!(ops::linear(&x, &[2, 3], &x[..4], &[2, 2], None, &mut out[..4]).is_err(), "K mismatch");
+    assert!(ops::linear(&x, &[2, 3], &x[..3], &[1, 3], Some(&x[..2]), &mut out[..2]).is_err(), "bias length");
+    assert!(ops::linear(&x, &[2, 3], &x[..3], &[1, 3], None, &mut out[..3]).is_err(), "output length");
+    assert!(ops::linear(&x, &[2, 3], &x[..3], &[3], None, &mut out[..2]).is_err(), "1-D weights");
+}
+
+#[test]
+fn layer_norm_matches_twin() {
+    let mut r = rng("layer_norm_matches_twin");
+    for _ in 0..20 {
+        let rank = pick(&mut r, 1, 4);
+        let shape = random_shape(&mut r, rank, 9);
+        let axis = pick(&mut r, 0, rank - 1);
+        let len: usize = shape[axis..].iter().product();
+        // An offset mean and a spread: the two-pass variance has to cope.
+        let x: Vec<f32> = r.normal_vec(numel(&shape)).into_iter().map(|v| 3.0 * v + 10.0).collect();
+        let scale = r.normal_vec(len);
+        let bias = r.normal_vec(len);
+        let eps = 1e-5f32;
+        for with_bias in [true, false] {
+            let reference: Vec<f64> = x
+                .chunks(len)
+                .flat_map(|row| {
+                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+                    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+                    let bias = &bias;
+                    let scale = &scale;
+                    row.iter().enumerate().map(move |(i, &v)| {
+                        (v as f64 - mean) / (var + eps as f64).sqrt() * scale[i] as f64
+                            + if with_bias { bias[i] as f64 } else { 0.0 }
+                    })
+                })
+                .collect();
+            let axis_arg = if r.below(2) == 0 { axis as i64 } else { axis as i64 - rank as i64 };
+            let mut out = vec![f32::NAN; x.len()];
+            ops::layer_norm(&x, &shape, axis_arg, &scale, with_bias.then_some(&bias[..]), eps, &mut out).unwrap();
+            assert_close(&format!("layer_norm {shape:?} axis {axis_arg}"), &out, &reference);
+        }
+    }
+    let x = vec![1.0; 12];
+    let mut out = vec![0.0; 12];
+    assert!(ops::layer_norm(&x, &[3, 4], -1, &x[..4], None, 1e-5, &mut out).is_ok());
+    assert!(ops::layer_norm(&x, &[3, 4], -1, &x[..3], None, 1e-5, &mut out).is_err(), "scale length");
+    assert!(ops::layer_norm(&x, &[3, 4], -1, &x[..4], Some(&x[..5]), 1e-5, &mut out).is_err(), "bias length");
+    assert!(ops::layer_norm(&x, &[3, 4], 2, &x[..4], None, 1e-5, &mut out).is_err(), "axis");
+    assert!(ops::layer_norm(&x, &[3, 4], -1, &x[..4], None, -1.0, &mut out).is_err(), "epsilon");
+    assert!(ops::layer_norm(&x, &[3, 4], -1, &x[..4], None, 1e-5, &mut out[1..]).is_err(), "output length");
+}
+
+#[test]
+fn small_ops_do_not_allocate() {
+    let mut r = rng("small_ops_do_not_allocate");
+    let xs = [1usize, 4, 6, 6];
+    let x = r.normal_vec(numel(&xs));
+    let c = r.normal_vec(4);
+    let mut out = vec![0.0; x.len()];
+    let mut small = vec![0.0; numel(&xs) * 4];
+    let a = r.normal_vec(24);
+    let b = r.normal_vec(24);
+    let mut mm = vec![0.0; 36];
+    let scale = r.normal_vec(6);
+    let resize = Resize { coord: CoordTransform::Asymmetric, nearest: NearestMode::Floor, ..Resize::default() };
+    // Warm the per-thread scratch first.
+    ops::matmul(&a, &[6, 4], &b, &[4, 6], &mut mm).unwrap();
+    ops::linear(&a, &[6, 4], &b, &[6, 4], None, &mut mm).unwrap();
+    let n = allocations_during(|| {
+        ops::add(&x, &xs, &c, &[1, 4, 1, 1], &mut out).unwrap();
+        ops::activation(&x, &xs, &Activation::Silu, &mut out).unwrap();
+        ops::softmax(&x, &xs, 1, &mut out).unwrap();
+        ops::transpose(&x, &xs, &[0, 2, 3, 1], &mut out).unwrap();
+        ops::max_pool2d(
+            &x,
+            &xs,
+            &Pool2d { kernel: [3, 3], strides: [1, 1], pads: [1; 4], ..Pool2d::square(3) },
+            &mut out,
+        )
+        .unwrap();
+        ops::resize(&x, &xs, &[1, 4, 12, 12], &resize, &mut small).unwrap();
+        ops::slice(&x, &xs, &[0], &[6], Some(&[2]), Some(&[1]), &mut out).unwrap();
+        ops::layer_norm(&x, &xs, -1, &scale, None, 1e-5, &mut out).unwrap();
+        ops::matmul(&a, &[6, 4], &b, &[4, 6], &mut mm).unwrap();
+        ops::linear(&a, &[6, 4], &b, &[6, 4], None, &mut mm).unwrap();
+    });
+    assert_eq!(n, 0, "small ops allocated {n} times");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput (release build, run by hand)
+// ---------------------------------------------------------------------------------------------
