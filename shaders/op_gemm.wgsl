@@ -60,6 +60,17 @@ struct Params {
     cg: u32,
     mg: u32,
     m_total: u32,
+    // conv2d_packed (op_conv_packed.wgsl): the weights' auxiliary component (scales or group
+    // parameters; a_slot / a_off locate the main one) and the packed layout: u32 words per row of
+    // each component, words of codes per group along K.
+    s_slot: u32,
+    s_off: u32,
+    row_words: u32,
+    aux_row_words: u32,
+    group_words: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 const BK: u32 = 16u;

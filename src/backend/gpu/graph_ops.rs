@@ -45,6 +45,7 @@
 //! | op | WGSL entry (file) | notes |
 //! |---|---|---|
 //! | [`conv2d`] | `conv2d`, `conv2d_direct` (op_gemm.wgsl) | implicit GEMM tiles; direct below 4 output channels per group (depthwise) |
+//! | [`conv2d_packed`] | `conv2d_packed`, `conv2d_packed_direct` (op_conv_packed.wgsl + op_conv_<format>.wgsl) | the same, weights decoded from F16 / Q8 / Q4 / FP4 in place |
 //! | [`matmul`], [`linear`] | `matmul` (op_gemm.wgsl) | batch broadcasting through per-dim strides |
 //! | [`binary`] | `binary` (op_elementwise.wgsl) | broadcast collapsed on the host |
 //! | [`activation`] | `activation` (op_elementwise.wgsl) | every [`crate::ops::Activation`] |
@@ -69,14 +70,15 @@ use crate::ops::{numel, Activation, ClipThreshold};
 
 pub use data::{concat, copy, slice, split, transpose};
 pub use elementwise::{activation, binary};
-pub use gemm::{conv2d, linear, matmul, GemmTile, GEMM_TILES};
+pub use gemm::{conv2d, conv2d_packed, linear, matmul, GemmTile, PackedWeights, GEMM_TILES};
 pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
 pub use resize::resize;
 pub use rows::{layer_norm, softmax};
 
 /// The shader files these kernels are assembled from (each module is `op_common.wgsl` plus one
-/// family file; the GEMM family once per tile shape).
-pub const SHADER_FILES: [&str; 7] = [
+/// family file; the GEMM family once per tile shape, and once more per tile shape and packed
+/// weight format with op_conv_packed.wgsl and the format's decoder).
+pub const SHADER_FILES: [&str; 12] = [
     "op_common.wgsl",
     "op_elementwise.wgsl",
     "op_gather.wgsl",
@@ -84,6 +86,11 @@ pub const SHADER_FILES: [&str; 7] = [
     "op_resize.wgsl",
     "op_rows.wgsl",
     "op_gemm.wgsl",
+    "op_conv_packed.wgsl",
+    "op_conv_f16.wgsl",
+    "op_conv_q8.wgsl",
+    "op_conv_q4.wgsl",
+    "op_conv_fp4.wgsl",
 ];
 
 /// A view of f32 data in a GPU buffer: a byte offset (a multiple of 4; the executor uses
@@ -155,6 +162,8 @@ pub(crate) enum Module {
     Resize,
     Rows,
     Gemm(GemmTile),
+    /// The GEMM family plus the packed-weight conv kernels for one weight format.
+    GemmPacked(GemmTile, gemm::PackedFormat),
 }
 
 impl Module {
@@ -166,6 +175,7 @@ impl Module {
             Module::Resize => "op_resize".into(),
             Module::Rows => "op_rows".into(),
             Module::Gemm(t) => format!("op_gemm_{}x{}", t.bm, t.bn),
+            Module::GemmPacked(t, f) => format!("op_gemm_{}x{}_{}", t.bm, t.bn, f.name()),
         }
     }
 
@@ -177,6 +187,7 @@ impl Module {
             Module::Resize => (String::new(), shaders::OP_RESIZE),
             Module::Rows => (String::new(), shaders::OP_ROWS),
             Module::Gemm(t) => (format!("const BM: u32 = {}u;\nconst BN: u32 = {}u;\n", t.bm, t.bn), shaders::OP_GEMM),
+            Module::GemmPacked(t, f) => return gemm::packed_source(&self.name(), t, f),
         };
         let header = format!("// {}\n{header}", self.name());
         [header.as_str(), shaders::OP_COMMON, body].join("\n")
@@ -185,6 +196,9 @@ impl Module {
     fn all() -> Vec<Module> {
         let mut v = vec![Module::Elementwise, Module::Gather, Module::Pool, Module::Resize, Module::Rows];
         v.extend(GEMM_TILES.iter().map(|&t| Module::Gemm(t)));
+        for f in gemm::PackedFormat::ALL {
+            v.extend(GEMM_TILES.iter().map(|&t| Module::GemmPacked(t, f)));
+        }
         v
     }
 }
