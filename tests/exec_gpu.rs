@@ -41,3 +41,31 @@ fn yolo_fixture_on_the_gpu_matches_onnx_runtime_and_the_cpu() {
     assert_eq!(got, again);
     assert!(gpu.run(&ctx, &[&input[..10]]).is_err());
 }
+
+#[test]
+fn packed_weights_stay_packed_on_the_gpu_and_agree_with_the_cpu() {
+    use kestrel::format::{Kpak, Verify};
+    use kestrel::graph::pack::{pack, PackOptions};
+    use kestrel::tensor::Scheme;
+    let ctx = GpuContext::new(&GpuOptions { allow_software: true })
+        .expect("GPU tests are mandatory: install mesa-vulkan-drivers");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny");
+    let mut g = import(&Model::load(&dir.join("model.onnx")).unwrap()).unwrap();
+    optimize(&mut g).unwrap();
+    let (_, input) = kestrel::npy::read(&dir.join("input.npy")).unwrap();
+    for name in ["q4g32", "fp4", "q8", "f16"] {
+        let opts =
+            PackOptions { weights: Scheme::parse(name).unwrap(), layers: vec![], protect_ends: true, metadata: vec![] };
+        let pak = Kpak::from_bytes(&pack(&g, &opts).unwrap().0.to_bytes(), Verify::Full).unwrap();
+        let gpu = GpuExecutor::from_kpak(&ctx, &pak).unwrap();
+        // 64 convs: the first and the 7 output convs stay f32, the rest are packed.
+        assert_eq!(gpu.packed_convs(), 56, "{name}");
+        gpu.run(&ctx, &[&input]).unwrap();
+        let mut got = vec![0f32; 12 * 525];
+        gpu.read_output(&ctx, 0, &mut got).unwrap();
+        let mut cpu = CpuExecutor::from_kpak(&pak).unwrap();
+        cpu.run(&[&input]).unwrap();
+        let err = rel_l2(&got, &cpu.output(0).iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(err < 1e-5, "{name}: GPU packed vs CPU dequantized {err:e}");
+    }
+}

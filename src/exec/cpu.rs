@@ -202,9 +202,13 @@ impl CpuExecutor {
 pub fn kpak_weights(pak: &crate::format::Kpak, g: &Graph, id: ValueId) -> Result<Vec<f32>> {
     let name = &g.values[id].name;
     let t = pak.tensor(name)?;
-    if t.scheme.is_quantized() {
+    if t.scheme.is_quantized() || t.lorc_rank > 0 {
         let m = pak.matrix(name)?;
-        Ok(crate::quant::dequantize(&m).into_iter().map(|v| v as f32).collect())
+        let mut w = crate::quant::dequantize(&m);
+        if let Some(correction) = crate::quant::lorc_dense(&m) {
+            w.iter_mut().zip(correction).for_each(|(a, b)| *a += b);
+        }
+        Ok(w.into_iter().map(|v| v as f32).collect())
     } else {
         pak.tensor_f32(name)
     }

@@ -2,11 +2,14 @@
 //! load. A run writes the inputs, submits one command buffer with one compute pass, and reads
 //! the outputs back through a staging buffer.
 
-use super::prepare::{prepare, Kind, Loc, Operand, Prepared};
-use crate::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView};
+use std::collections::HashMap;
+
+use super::prepare::{prepare_deferring, Kind, Loc, Operand, Prepared};
+use crate::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView, PackedWeights};
 use crate::backend::gpu::GpuContext;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
+use crate::tensor::MatrixView;
 
 /// The buffer range an operand lives in.
 fn operand_view<'a>(
@@ -31,14 +34,43 @@ pub struct GpuExecutor {
     outputs: Vec<Operand>,
     staging: wgpu::Buffer,
     arena_bytes: usize,
+    packed_convs: usize,
     _consts: Vec<wgpu::Buffer>,
+    _packed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 impl GpuExecutor {
     /// Prepares `g` on `ctx`: uploads the constants, allocates the arena and input buffers, and
     /// builds every dispatch. `weights` supplies f32 constants not held in the graph.
     pub fn new(ctx: &GpuContext, g: &Graph, weights: &dyn Fn(ValueId) -> Result<Vec<f32>>) -> Result<Self> {
-        let p: Prepared = prepare(g, weights)?;
+        Self::with_packed(ctx, g, weights, &|_| None)
+    }
+
+    /// As [`GpuExecutor::new`], with conv weights that `packed` returns kept in their packed
+    /// format (uploaded as they are, decoded by the conv kernel).
+    pub fn with_packed<'m>(
+        ctx: &GpuContext,
+        g: &Graph,
+        weights: &dyn Fn(ValueId) -> Result<Vec<f32>>,
+        packed: &dyn Fn(ValueId) -> Option<MatrixView<'m>>,
+    ) -> Result<Self> {
+        let p: Prepared = prepare_deferring(g, weights, &|id| packed(id).is_some())?;
+        // Packed conv weights: their const slot maps to (scheme, main, aux).
+        let mut packed_slots: HashMap<usize, (crate::tensor::Scheme, wgpu::Buffer, wgpu::Buffer)> = HashMap::new();
+        for step in &p.steps {
+            if let (Kind::Conv(_), Some(w)) = (&step.kind, step.inputs.get(1)) {
+                if let Loc::Const(c) = w.loc {
+                    if p.consts[c].is_empty() && !packed_slots.contains_key(&c) {
+                        let m = packed(p.const_ids[c]).ok_or_else(|| Error::Unsupported {
+                            what: format!("node '{}': its packed weights could not be found", step.name),
+                        })?;
+                        let main = ctx.storage_buffer("packed weights", bytemuck::cast_slice(m.main))?;
+                        let aux = ctx.storage_buffer("packed scales", bytemuck::cast_slice(m.aux))?;
+                        packed_slots.insert(c, (m.scheme, main, aux));
+                    }
+                }
+            }
+        }
         let consts: Vec<wgpu::Buffer> =
             p.consts.iter().map(|c| ctx.storage_buffer("constant", bytemuck::cast_slice(c))).collect::<Result<_>>()?;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
@@ -56,10 +88,20 @@ impl GpuExecutor {
         )?;
         let view = |o| operand_view(o, &arena, &consts, &inputs);
         let mut steps = Vec::new();
+        let mut packed_convs = 0;
         for step in &p.steps {
             let (i, o) = (&step.inputs, &step.outputs);
             let made = match &step.kind {
-                Kind::Conv(c) => gops::conv2d(ctx, view(&i[0]), view(&i[1]), i.get(2).map(view), c, view(&o[0])),
+                Kind::Conv(c) => match i[1].loc {
+                    Loc::Const(slot) if packed_slots.contains_key(&slot) => {
+                        let (scheme, main, aux) = &packed_slots[&slot];
+                        let s = &i[1].shape;
+                        let w = PackedWeights { scheme: *scheme, main, aux, shape: [s[0], s[1], s[2], s[3]] };
+                        packed_convs += 1;
+                        gops::conv2d_packed(ctx, view(&i[0]), w, i.get(2).map(view), c, view(&o[0]))
+                    }
+                    _ => gops::conv2d(ctx, view(&i[0]), view(&i[1]), i.get(2).map(view), c, view(&o[0])),
+                },
                 Kind::Binary(op) => gops::binary(ctx, *op, view(&i[0]), view(&i[1]), view(&o[0])),
                 Kind::Act(a) => gops::activation(ctx, view(&i[0]), a, view(&o[0])),
                 Kind::MaxPool(pp) => gops::max_pool2d(ctx, view(&i[0]), pp, view(&o[0])),
@@ -109,7 +151,9 @@ impl GpuExecutor {
             outputs: p.outputs,
             staging,
             arena_bytes: p.plan.arena_bytes,
+            packed_convs,
             _consts: consts,
+            _packed: packed_slots.into_values().map(|(_, m, a)| (m, a)).collect(),
         })
     }
 
@@ -128,6 +172,11 @@ impl GpuExecutor {
     /// Peak activation memory (the arena), in bytes.
     pub fn arena_bytes(&self) -> usize {
         self.arena_bytes
+    }
+
+    /// Convolutions that read packed (f16 / q8 / q4 / fp4) weights directly.
+    pub fn packed_convs(&self) -> usize {
+        self.packed_convs
     }
 
     /// Dispatches per run.
@@ -181,10 +230,38 @@ impl GpuExecutor {
         ctx.read_mapped(&self.staging, out)
     }
 
-    /// Prepares the graph of a .kpak file on `ctx` (quantized weights dequantized at load for
-    /// now: the graph kernels read f32 weights).
+    /// Prepares the graph of a .kpak file on `ctx`. Packed conv weights (f16, q8, q4, fp4) stay
+    /// packed: uploaded from the mapping as they are and decoded by the conv kernel. Convs that
+    /// read a graph input directly, and LoRC-corrected weights, get dequantized f32 weights.
     pub fn from_kpak(ctx: &GpuContext, pak: &crate::format::Kpak) -> Result<Self> {
         let g = pak.graph().ok_or_else(|| Error::Unsupported { what: "running a .kpak without a graph".into() })?;
-        Self::new(ctx, g, &|id| super::cpu::kpak_weights(pak, g, id))
+        let packable = packable_conv_weights(g, pak);
+        Self::with_packed(ctx, g, &|id| super::cpu::kpak_weights(pak, g, id), &|id| {
+            packable.contains(&id).then(|| pak.matrix(&g.values[id].name).ok()).flatten()
+        })
     }
+}
+
+/// Constants of `g` that are conv weights stored packed in `pak` and can stay packed on the GPU:
+/// read only as conv weights, by convs whose input is not a graph input (the packed kernel binds
+/// the input through the arena), without LoRC factors.
+fn packable_conv_weights(g: &Graph, pak: &crate::format::Kpak) -> Vec<ValueId> {
+    let mut out = Vec::new();
+    for &id in g.constants.keys() {
+        let Ok(t) = pak.tensor(&g.values[id].name) else { continue };
+        if t.scheme == crate::tensor::Scheme::F32 || t.lorc_rank > 0 || g.values[id].shape.len() != 4 {
+            continue;
+        }
+        let readers: Vec<&crate::graph::Node> = g.nodes.iter().filter(|n| n.inputs.contains(&Some(id))).collect();
+        let ok = !readers.is_empty()
+            && readers.iter().all(|n| {
+                n.op == "Conv"
+                    && n.inputs.get(1) == Some(&Some(id))
+                    && !n.inputs[0].is_some_and(|x| g.inputs.contains(&x))
+            });
+        if ok {
+            out.push(id);
+        }
+    }
+    out
 }

@@ -101,6 +101,8 @@ pub(crate) struct Step {
 pub(crate) struct Prepared {
     pub steps: Vec<Step>,
     pub consts: Vec<Vec<f32>>,
+    /// The value id of each constant slot.
+    pub const_ids: Vec<ValueId>,
     pub input_shapes: Vec<Vec<usize>>,
     pub outputs: Vec<Operand>,
     pub plan: MemoryPlan,
@@ -134,12 +136,30 @@ fn pool_params(node: &Node, w: &Window) -> Result<Pool2d> {
 /// Prepares `g`. `weights` supplies f32 data for constants whose data is not in the graph
 /// (graphs read from a .kpak keep weights in the tensor table).
 pub(crate) fn prepare(g: &Graph, weights: &dyn Fn(ValueId) -> Result<Vec<f32>>) -> Result<Prepared> {
+    prepare_deferring(g, weights, &|_| false)
+}
+
+/// As [`prepare`], but the constants for which `deferred` is true are not loaded: their slot
+/// holds no data, and the executor provides them itself (the GPU keeps packed conv weights
+/// packed).
+pub(crate) fn prepare_deferring(
+    g: &Graph,
+    weights: &dyn Fn(ValueId) -> Result<Vec<f32>>,
+    deferred: &dyn Fn(ValueId) -> bool,
+) -> Result<Prepared> {
     let plan = plan_activation_memory(g);
     let mut consts = Vec::new();
+    let mut const_ids = Vec::new();
     let mut const_slot = vec![None; g.values.len()];
     let mut ids: Vec<ValueId> = g.constants.keys().copied().collect();
     ids.sort_unstable();
     for id in ids {
+        const_ids.push(id);
+        if deferred(id) {
+            const_slot[id] = Some(consts.len());
+            consts.push(Vec::new());
+            continue;
+        }
         let data = match &g.constants[&id] {
             ConstData::F32(v) if !v.is_empty() || g.values[id].numel() == 0 => v.clone(),
             ConstData::F32(_) => weights(id)?,
@@ -190,7 +210,7 @@ pub(crate) fn prepare(g: &Graph, weights: &dyn Fn(ValueId) -> Result<Vec<f32>>) 
     }
     let input_shapes = g.inputs.iter().map(|&v| g.values[v].shape.clone()).collect();
     let outputs = g.outputs.iter().map(|&v| operand(v)).collect::<Result<Vec<_>>>()?;
-    Ok(Prepared { steps, consts, input_shapes, outputs, plan })
+    Ok(Prepared { steps, consts, const_ids, input_shapes, outputs, plan })
 }
 
 /// The prepared step of one node. May rewrite constants (Gemm weights are transposed).

@@ -21,7 +21,7 @@ pub struct PackOptions {
     pub weights: Scheme,
     /// Per-layer overrides: (node-name pattern with `*` wildcards, format), first match wins.
     pub layers: Vec<(String, Scheme)>,
-    /// Keep the first conv and the output convs at f32 when quantizing (default true).
+    /// Keep the first conv and the output convs at f32 when the weights are below f32 (default true).
     pub protect_ends: bool,
     /// Metadata to carry (ONNX metadata_props and provenance).
     pub metadata: Vec<(String, String)>,
@@ -107,7 +107,7 @@ fn protected_convs(g: &Graph) -> Vec<usize> {
 
 /// Chooses each quantizable weight's format.
 pub fn choose_precision(g: &Graph, opts: &PackOptions) -> Vec<LayerChoice> {
-    let protected = if opts.protect_ends && opts.weights.is_quantized() { protected_convs(g) } else { vec![] };
+    let protected = if opts.protect_ends && opts.weights != Scheme::F32 { protected_convs(g) } else { vec![] };
     let mut choices = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let weight = match n.op.as_str() {
