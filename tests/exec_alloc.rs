@@ -2,9 +2,9 @@
 //! buffers and every step's parameters are made at load. Measured with a counting global
 //! allocator over the YOLOv8 fixture.
 //!
-//! The CPU kernels here run on the calling thread (max_threads = 1): spawning scoped worker
-//! threads allocates (each spawn boxes its closure), so the multi-threaded path is not
-//! allocation-free until the kernels run on a persistent pool.
+//! The CPU kernels here run on the calling thread (max_threads = 1): splitting an op over the
+//! worker pool still builds small work-item lists per call, so the multi-threaded path is not
+//! yet allocation-free.
 
 mod common;
 

@@ -123,6 +123,9 @@ enum Command {
         /// Model benchmarks: print the time per op type and the slowest nodes.
         #[arg(long)]
         profile: bool,
+        /// CPU worker threads for model benchmarks (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -206,7 +209,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Selftest { backend, json, model, bits, seed, gpu } => {
             selftest_cmd(backend, json, model, bits, seed, &gpu)
         }
-        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, profile, gpu } => {
+        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, profile, threads, gpu } => {
+            if let Some(t) = threads {
+                kestrel::ops::set_max_threads(t.max(1));
+            }
             if kind != "gemv" && kind != "gemm" {
                 return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile, &gpu);
             }

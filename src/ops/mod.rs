@@ -8,9 +8,9 @@
 //! - ops do not allocate on the calling thread once warm: [`conv2d`], [`matmul`] and [`linear`]
 //!   keep a per-thread scratch buffer (packed weights, phase planes, GEMM tails) that grows to
 //!   the largest layer once and is then reused. The exception: above [`PARALLEL_MACS`] an op
-//!   spawns scoped workers (up to [`max_threads`]), and `std::thread::scope` allocates a little
-//!   per worker; an executor that must not allocate calls [`set_max_threads`]`(1)` until the ops
-//!   run on a persistent pool;
+//!   splits its work over the persistent worker pool (`workers.rs`, up to [`max_threads`]), and
+//!   the split itself (the work-item and scratch lists) still allocates a little per call; an
+//!   executor that must not allocate calls [`set_max_threads`]`(1)`;
 //! - the GEMM-based ops pick their SIMD kernel at run time (AVX2 + FMA on x86_64 when the CPU
 //!   has it, else the baseline build; NEON on aarch64): [`kernel_name`] says which,
 //!   [`force_portable_kernels`] pins the baseline for tests and comparisons;
@@ -59,6 +59,8 @@ pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, pool2d_
 pub use resize::{resize, CoordTransform, NearestMode, Resize, ResizeMode};
 pub use shape_ops::{concat, slice, slice_output_shape, split, transpose};
 pub use softmax::softmax;
+
+mod workers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -160,18 +162,18 @@ pub fn max_threads() -> usize {
     }
 }
 
-/// Below this many multiply-adds an op runs on the calling thread: a scoped spawn costs tens of
+/// Below this many multiply-adds an op runs on the calling thread: waking the pool costs
 /// microseconds, which a smaller op does not repay.
 pub const PARALLEL_MACS: usize = 1 << 21;
 
 /// Runs `work(item, scratch)` for every item on the calling thread and `scratches.len() - 1`
-/// scoped helpers (thread i uses `scratches[i]`). Items are handed out one at a time from a
-/// shared queue, so a helper that starts late (a busy core, a slow spawn) takes fewer items
+/// pool helpers (helper i uses `scratches[i + 1]`). Items are handed out one at a time from a
+/// shared queue, so a helper that starts late (a busy core, a slow wake-up) takes fewer items
 /// instead of holding the op up: the caller alone finishes whatever is left.
 pub(crate) fn run_parallel<T: Send>(items: Vec<T>, scratches: Vec<&mut [f32]>, work: impl Fn(T, &mut [f32]) + Sync) {
     let queue = std::sync::Mutex::new(items.into_iter());
     let drain = |scratch: &mut [f32]| loop {
-        // A poisoned lock means another worker panicked; the scope re-raises that panic.
+        // A poisoned lock means another worker panicked; the pool re-raises that panic.
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
         match next {
             Some(item) => work(item, scratch),
@@ -180,13 +182,16 @@ pub(crate) fn run_parallel<T: Send>(items: Vec<T>, scratches: Vec<&mut [f32]>, w
     };
     let mut scratches = scratches.into_iter();
     let Some(own) = scratches.next() else { return };
-    std::thread::scope(|s| {
-        for scratch in scratches {
-            let drain = &drain;
-            s.spawn(move || drain(scratch));
+    // Helper i takes scratch i: each slot is taken exactly once.
+    let helper_scratch: Vec<std::sync::Mutex<Option<&mut [f32]>>> =
+        scratches.map(|s| std::sync::Mutex::new(Some(s))).collect();
+    let job = |i: usize| {
+        let scratch = helper_scratch[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(scratch) = scratch {
+            drain(scratch);
         }
-        drain(own);
-    });
+    };
+    workers::Pool::global().run(helper_scratch.len(), &job, || drain(own));
 }
 
 /// Work items for `workers` threads: about four each, so late threads even out.
