@@ -56,7 +56,9 @@ pub use gemm::{force_portable_kernels, kernel_name};
 pub use matmul::{linear, matmul, matmul_output_shape};
 pub use norm::layer_norm;
 pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, pool2d_output_shape, Pool2d};
+pub(crate) use resize::{linear_taps, nearest_index, source_coord};
 pub use resize::{resize, CoordTransform, NearestMode, Resize, ResizeMode};
+pub(crate) use shape_ops::plan_slice;
 pub use shape_ops::{concat, slice, slice_output_shape, split, transpose};
 pub use softmax::softmax;
 

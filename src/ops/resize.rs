@@ -104,7 +104,7 @@ impl Default for Resize {
 }
 
 /// Maps output index `o` of an axis (in_len -> out_len, `scale`) to an input coordinate.
-fn source_coord(coord: CoordTransform, o: usize, in_len: usize, out_len: usize, scale: f64) -> f64 {
+pub(crate) fn source_coord(coord: CoordTransform, o: usize, in_len: usize, out_len: usize, scale: f64) -> f64 {
     let o = o as f64;
     match coord {
         CoordTransform::HalfPixel => (o + 0.5) / scale - 0.5,
@@ -116,7 +116,7 @@ fn source_coord(coord: CoordTransform, o: usize, in_len: usize, out_len: usize, 
     }
 }
 
-fn nearest_index(mode: NearestMode, x: f64, in_len: usize) -> usize {
+pub(crate) fn nearest_index(mode: NearestMode, x: f64, in_len: usize) -> usize {
     let fl = x.floor();
     let r = match mode {
         NearestMode::Floor => fl,
@@ -129,7 +129,7 @@ fn nearest_index(mode: NearestMode, x: f64, in_len: usize) -> usize {
 }
 
 /// Linear neighbours of coordinate x: (i0, i1, weight of i1), clamped to the edge.
-fn linear_taps(x: f64, in_len: usize) -> (usize, usize, f32) {
+pub(crate) fn linear_taps(x: f64, in_len: usize) -> (usize, usize, f32) {
     let x = x.clamp(0.0, in_len as f64 - 1.0);
     let i0 = x.floor() as usize;
     let i1 = (i0 + 1).min(in_len - 1);

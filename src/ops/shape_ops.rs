@@ -84,13 +84,14 @@ pub fn split(input: &[f32], shape: &[usize], axis: i64, sizes: &[usize], outs: &
 }
 
 /// Per-axis (first index, step, count) of a slice, in fixed arrays.
-struct SlicePlan {
-    start: [i64; MAX_RANK],
-    step: [i64; MAX_RANK],
-    count: [usize; MAX_RANK],
+pub(crate) struct SlicePlan {
+    pub start: [i64; MAX_RANK],
+    pub step: [i64; MAX_RANK],
+    pub count: [usize; MAX_RANK],
 }
 
-fn plan_slice(
+/// Per-axis first index, step and count of an ONNX slice (shared with the GPU's slice).
+pub(crate) fn plan_slice(
     shape: &[usize],
     starts: &[i64],
     ends: &[i64],

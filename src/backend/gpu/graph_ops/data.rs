@@ -172,8 +172,7 @@ pub fn split(ctx: &GpuContext, x: GpuView, axis: i64, outs: &[GpuView]) -> Resul
     Ok(steps)
 }
 
-/// Per-axis first index, step and count of an ONNX slice: the rules of the CPU twin's plan
-/// (src/ops/shape_ops.rs, `plan_slice`), restated here because the GPU needs the starts too.
+/// Per-axis first index, step and count of an ONNX slice: the CPU twin's plan, as vectors.
 fn plan_slice(
     shape: &[usize],
     starts: &[i64],
@@ -181,58 +180,9 @@ fn plan_slice(
     axes: Option<&[i64]>,
     steps: Option<&[i64]>,
 ) -> Result<(Vec<i64>, Vec<i64>, Vec<usize>)> {
-    let op = "slice";
-    check_rank(op, shape.len())?;
-    let n = starts.len();
-    if ends.len() != n || axes.is_some_and(|a| a.len() != n) || steps.is_some_and(|s| s.len() != n) {
-        return Err(Error::shape(
-            op,
-            format!("ends, axes and steps of {n} entries (as starts)"),
-            format!("ends {ends:?}, axes {axes:?}, steps {steps:?}"),
-        ));
-    }
+    let plan = crate::ops::plan_slice(shape, starts, ends, axes, steps)?;
     let rank = shape.len();
-    let (mut start, mut step, mut count) = (vec![0i64; rank], vec![1i64; rank], shape.to_vec());
-    let mut seen = vec![false; rank];
-    for i in 0..n {
-        let axis = match axes {
-            Some(a) => normalize_axis(a[i], rank)?,
-            None if i < rank => i,
-            None => return Err(Error::shape(op, format!("at most {rank} starts"), n)),
-        };
-        if std::mem::replace(&mut seen[axis], true) {
-            return Err(Error::InvalidArgument { reason: format!("slice: axis {axis} appears twice") });
-        }
-        let st = steps.map_or(1, |s| s[i]);
-        if st == 0 {
-            return Err(Error::InvalidArgument { reason: format!("slice: step 0 on axis {axis}") });
-        }
-        let dim = shape[axis] as i64;
-        let wrap = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
-        let (s, e) = (wrap(starts[i]), wrap(ends[i]));
-        let (s, e) = if st > 0 || dim == 0 {
-            (s.clamp(0, dim), e.clamp(0, dim))
-        } else {
-            (s.clamp(0, dim - 1), e.clamp(-1, dim - 1))
-        };
-        let c = if dim == 0 {
-            0
-        } else if st > 0 {
-            if e > s {
-                (e - s + st - 1) / st
-            } else {
-                0
-            }
-        } else if s > e {
-            (s - e + (-st) - 1) / (-st)
-        } else {
-            0
-        };
-        start[axis] = s;
-        step[axis] = st;
-        count[axis] = c as usize;
-    }
-    Ok((start, step, count))
+    Ok((plan.start[..rank].to_vec(), plan.step[..rank].to_vec(), plan.count[..rank].to_vec()))
 }
 
 /// ONNX `Slice` with the semantics of [`crate::ops::slice`]: optional `axes` (default 0..len)

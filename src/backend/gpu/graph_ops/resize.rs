@@ -5,7 +5,8 @@
 use super::{aux_start, grid_1d, make_step, Binder, GpuStep, GpuView, Module};
 use crate::backend::gpu::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::ops::{CoordTransform, NearestMode, Resize, ResizeMode};
+// The sampling rules are the CPU twin's (src/ops/resize.rs), so both pick the same pixels.
+use crate::ops::{linear_taps, nearest_index, source_coord, Resize, ResizeMode};
 
 /// Mirrors `struct Params` in shaders/op_resize.wgsl.
 #[repr(C)]
@@ -25,39 +26,6 @@ struct ResizeParams {
     _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<ResizeParams>() == 48);
-
-/// Output index `o` of an axis (in_len -> out_len, `scale`) as an input coordinate.
-fn source_coord(coord: CoordTransform, o: usize, in_len: usize, out_len: usize, scale: f64) -> f64 {
-    let o = o as f64;
-    match coord {
-        CoordTransform::HalfPixel => (o + 0.5) / scale - 0.5,
-        CoordTransform::PytorchHalfPixel if out_len > 1 => (o + 0.5) / scale - 0.5,
-        CoordTransform::PytorchHalfPixel => 0.0,
-        CoordTransform::Asymmetric => o / scale,
-        CoordTransform::AlignCorners if out_len > 1 => o * (in_len as f64 - 1.0) / (out_len as f64 - 1.0),
-        CoordTransform::AlignCorners => 0.0,
-    }
-}
-
-fn nearest_index(mode: NearestMode, x: f64, in_len: usize) -> usize {
-    let fl = x.floor();
-    let r = match mode {
-        NearestMode::Floor => fl,
-        NearestMode::Ceil => x.ceil(),
-        NearestMode::RoundPreferFloor if x - fl == 0.5 => fl,
-        NearestMode::RoundPreferCeil if x - fl == 0.5 => fl + 1.0,
-        NearestMode::RoundPreferFloor | NearestMode::RoundPreferCeil => x.round(),
-    };
-    r.clamp(0.0, in_len as f64 - 1.0) as usize
-}
-
-/// Linear neighbours of coordinate x: (i0, i1, weight of i1), clamped to the edge.
-fn linear_taps(x: f64, in_len: usize) -> (usize, usize, f32) {
-    let x = x.clamp(0.0, in_len as f64 - 1.0);
-    let i0 = x.floor() as usize;
-    let i1 = (i0 + 1).min(in_len - 1);
-    (i0, i1, (x - i0 as f64) as f32)
-}
 
 /// The table of one axis: one index per output position (nearest) or (i0, i1, weight).
 /// Indices are stored as f32, exact below 2^24 (checked by the caller).
