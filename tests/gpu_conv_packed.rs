@@ -13,10 +13,11 @@
 //! The seed comes from the clock and is printed; `KESTREL_SEED=<seed>` replays a failure.
 //! There must be an adapter (lavapipe is enough): without one these tests fail, they do not skip.
 
-use std::sync::OnceLock;
+mod common;
+use common::gpu::{ctx, normals, range, seeded, ALIGN, GUARD};
 
 use kestrel::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView, PackedWeights};
-use kestrel::backend::gpu::{GpuContext, GpuOptions};
+use kestrel::backend::gpu::GpuContext;
 use kestrel::ops::{self, Activation, Conv2d};
 use kestrel::quant::{dequantize, quantize};
 use kestrel::rng::SplitMix64;
@@ -25,34 +26,6 @@ use kestrel::tensor::{Fp4Scale, Scheme};
 use kestrel::tol::{rel_l2, Tol};
 use kestrel::Error;
 use wgpu::naga;
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new(&GpuOptions { allow_software: true })
-            .expect("GPU tests are mandatory: install a Vulkan driver (mesa-vulkan-drivers gives lavapipe)")
-    })
-}
-
-fn seeded(test: &str) -> SplitMix64 {
-    let seed = std::env::var("KESTREL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
-    eprintln!("{test}: seed {seed} (replay with KESTREL_SEED={seed})");
-    SplitMix64::new(seed)
-}
-
-fn range(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + rng.below((hi - lo + 1) as u64) as usize
-}
-
-fn normals(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.normal() * scale).collect()
-}
-
-const GUARD: f32 = -7777.25;
-/// Floats per 256 bytes.
-const ALIGN: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Shader validation

@@ -10,10 +10,11 @@
 //! The seed comes from the clock and is printed; `KESTREL_SEED=<seed>` replays a failure.
 //! There must be an adapter (lavapipe is enough): without one these tests fail, they do not skip.
 
-use std::sync::OnceLock;
+mod common;
+use common::gpu::{ctx, normals, range, seeded, ALIGN, GUARD};
 
 use kestrel::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView};
-use kestrel::backend::gpu::{shaders, GpuContext, GpuOptions};
+use kestrel::backend::gpu::{shaders, GpuContext};
 use kestrel::ops::{
     self, Activation, BinaryOp, ClipThreshold, Conv2d, CoordTransform, NearestMode, Pool2d, Resize, ResizeMode,
 };
@@ -24,34 +25,6 @@ use wgpu::naga;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new(&GpuOptions { allow_software: true })
-            .expect("GPU tests are mandatory: install a Vulkan driver (mesa-vulkan-drivers gives lavapipe)")
-    })
-}
-
-fn seeded(test: &str) -> SplitMix64 {
-    let seed = std::env::var("KESTREL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
-    eprintln!("{test}: seed {seed} (replay with KESTREL_SEED={seed})");
-    SplitMix64::new(seed)
-}
-
-fn range(rng: &mut SplitMix64, lo: usize, hi: usize) -> usize {
-    lo + rng.below((hi - lo + 1) as u64) as usize
-}
-
-fn normals(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.normal() * scale).collect()
-}
-
-const GUARD: f32 = -7777.25;
-/// Floats per 256 bytes.
-const ALIGN: usize = 64;
 
 /// A host mirror of a GPU buffer: tensors at random 256-byte-aligned offsets with guard values
 /// in between; outputs start as NaN so an unwritten output fails every comparison.

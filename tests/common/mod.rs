@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod gpu;
 pub mod pb;
 
 use std::alloc::{GlobalAlloc, Layout, System};
