@@ -208,9 +208,28 @@ fn a_damaged_graph_section_is_a_typed_error() {
         b[12..16].copy_from_slice(&h.to_le_bytes());
         match kestrel::format::Kpak::from_bytes(&b, kestrel::format::Verify::Full) {
             Ok(_) => {}
+            // A changed shape or attribute that still parses fails the shape check, named too.
             Err(Error::Malformed { section: "GRAPH", .. }) => errors += 1,
             Err(other) => panic!("byte {at}: unexpected error {other}"),
         }
     }
     assert!(errors > s.len as usize / 4, "{errors} of {} flips detected", s.len);
+
+    // Large values written over every 8-byte word (dims, inline constants, counts) are typed
+    // errors too: shape rules and executors multiply dims, and must never overflow or panic.
+    for at in (s.offset as usize..(s.offset + s.len) as usize - 8).step_by(4) {
+        for v in [u64::MAX, 1 << 32, (1 << 31) + 1] {
+            let mut b = file.clone();
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            let e = 64 + 32 * 2;
+            let crc = kestrel::format::crc32(&b[s.offset as usize..(s.offset + s.len) as usize]);
+            b[e + 4..e + 8].copy_from_slice(&crc.to_le_bytes());
+            let h = kestrel::format::header_crc(&b[..64 + 32 * 4]);
+            b[12..16].copy_from_slice(&h.to_le_bytes());
+            let r = std::panic::catch_unwind(|| {
+                kestrel::format::Kpak::from_bytes(&b, kestrel::format::Verify::Full).map(drop)
+            });
+            assert!(r.is_ok(), "byte {at} = {v:#x}: the reader panicked");
+        }
+    }
 }

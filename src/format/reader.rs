@@ -294,6 +294,7 @@ impl Kpak {
             }
             pak.data_verified = true;
         }
+        pak.validate_graph()?;
         Ok(pak)
     }
 
@@ -692,6 +693,35 @@ impl Kpak {
             f16_rows(self.words(t, ComponentKind::LorcV), k, "LoRC V value")?;
         }
         Ok(())
+    }
+
+    /// Fills the graph's small f32 constants (the ones shape rules read, such as resize scales)
+    /// from the tensor table, then checks every node's shapes. Large weights stay in the table.
+    fn validate_graph(&mut self) -> Result<()> {
+        const SMALL: usize = 64;
+        let Some(mut g) = self.graph.take() else { return Ok(()) };
+        let small: Vec<usize> = g
+            .constants
+            .iter()
+            .filter(|(&id, c)| {
+                matches!(c, crate::graph::ConstData::F32(d) if d.is_empty()) && g.values[id].numel() <= SMALL
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in small {
+            let name = g.values[id].name.clone();
+            let t = self.tensor(&name)?;
+            let data = if t.scheme.is_quantized() {
+                crate::quant::dequantize(&self.matrix(&name)?).into_iter().map(|v| v as f32).collect()
+            } else {
+                self.tensor_f32(&name)?
+            };
+            g.constants.insert(id, crate::graph::ConstData::F32(data));
+        }
+        let checked = crate::graph::infer::validate(&g)
+            .map_err(|e| Error::malformed("GRAPH", 0, format!("the graph does not check: {e}")));
+        self.graph = Some(g);
+        checked
     }
 
     /// The model's graph, if the file has one. Its f32 constants are named tensors of this file

@@ -62,9 +62,10 @@ pub fn window_out(
     dilation: usize,
     ceil: bool,
 ) -> Result<usize> {
-    let pad = pad_begin + pad_end;
-    let span = dilation * (kernel.max(1) - 1) + 1;
-    let padded = input + pad;
+    // Saturating: attributes come from files and may be absurd; absurd values fail the fit test.
+    let pad = pad_begin.saturating_add(pad_end);
+    let span = dilation.saturating_mul(kernel.max(1) - 1).saturating_add(1);
+    let padded = input.saturating_add(pad);
     if padded < span || stride == 0 {
         return Err(err(
             node,
@@ -76,7 +77,7 @@ pub fn window_out(
         return Ok(steps / stride + 1);
     }
     let out = steps.div_ceil(stride) + 1;
-    Ok(if (out - 1) * stride >= input + pad_begin { out - 1 } else { out })
+    Ok(if (out - 1).saturating_mul(stride) >= input.saturating_add(pad_begin) { out - 1 } else { out })
 }
 
 fn shape_of(g: &Graph, node: &Node, i: usize) -> Result<Vec<usize>> {
@@ -126,8 +127,27 @@ pub fn window_params(node: &Node, spatial: usize, kernel: Option<Vec<usize>>) ->
     })
 }
 
+/// Elements of `shape`, or an error naming the node when they overflow or pass the tensor limit.
+pub fn checked_numel(node: &Node, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n as u64 <= crate::format::MAX_ELEMENTS)
+        .ok_or_else(|| err(node, format!("shape {shape:?} has too many elements")))
+}
+
 /// Infers one node's outputs, folding it when its inputs are constant and the op is foldable.
+/// Every output shape is held to the element limit, so later code can multiply dims freely.
 pub fn infer(g: &Graph, node: &Node) -> Result<Inferred> {
+    let inferred = infer_unchecked(g, node)?;
+    match &inferred {
+        Inferred::Shapes(v) => v.iter().try_for_each(|(s, _)| checked_numel(node, s).map(drop))?,
+        Inferred::Constants(v) => v.iter().try_for_each(|(s, _)| checked_numel(node, s).map(drop))?,
+    }
+    Ok(inferred)
+}
+
+fn infer_unchecked(g: &Graph, node: &Node) -> Result<Inferred> {
     let f32_out = |shape: Vec<usize>| Ok(Inferred::Shapes(vec![(shape, ElemType::F32)]));
     let all_const = node.inputs.iter().flatten().all(|&i| g.constant(i).is_some());
     match node.op.as_str() {
@@ -151,8 +171,8 @@ pub fn infer(g: &Graph, node: &Node) -> Result<Inferred> {
             let (a, b) = (shape_of(g, node, 0)?, shape_of(g, node, 1)?);
             f32_out(broadcast(node, &a, &b)?)
         }
-        "Relu" | "Sigmoid" | "Elu" | "Gelu" | "Tanh" | "HardSigmoid" | "HardSwish" | "Identity" | "Softmax"
-        | "LayerNormalization" | "BatchNormalization" | "Clip" | "Erf" | "Sqrt" | "Neg" | "Exp" => {
+        "Relu" | "Sigmoid" | "Silu" | "Elu" | "Gelu" | "Tanh" | "HardSigmoid" | "HardSwish" | "Identity"
+        | "Softmax" | "LayerNormalization" | "BatchNormalization" | "Clip" | "Erf" | "Sqrt" | "Neg" | "Exp" => {
             let s = shape_of(g, node, 0)?;
             if node.op == "Softmax" {
                 norm_axis(node, node.int("axis", -1)?, s.len())?;
@@ -327,7 +347,7 @@ pub fn infer(g: &Graph, node: &Node) -> Result<Inferred> {
 
 /// ONNX Reshape target: 0 copies the input dimension (unless allowzero), -1 is inferred.
 pub fn reshape_target(node: &Node, x: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<usize>> {
-    let numel: usize = x.iter().product();
+    let numel = checked_numel(node, x)?;
     let mut out = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
@@ -343,14 +363,14 @@ pub fn reshape_target(node: &Node, x: &[usize], target: &[i64], allowzero: bool)
             _ => return Err(err(node, format!("invalid reshape target {target:?}"))),
         }
     }
-    let known: usize = out.iter().product();
+    let known = checked_numel(node, &out)?;
     if let Some(i) = infer_at {
         if known == 0 || numel % known != 0 {
             return Err(err(node, format!("cannot reshape {x:?} to {target:?}")));
         }
         out[i] = numel / known;
     }
-    if out.iter().product::<usize>() != numel {
+    if checked_numel(node, &out)? != numel {
         return Err(err(node, format!("cannot reshape {x:?} ({numel} elements) to {target:?}")));
     }
     Ok(out)
@@ -533,7 +553,7 @@ fn fold(g: &Graph, node: &Node) -> Result<Vec<(Vec<usize>, ConstData)>> {
         }
         "ConstantOfShape" => {
             let dims = usize_list(node, &ints(0)?, "dimension")?;
-            let n: usize = dims.iter().product();
+            let n = checked_numel(node, &dims)?;
             if n > 1 << 24 {
                 return Err(err(node, format!("constant of {n} elements is too large to fold")));
             }
@@ -564,7 +584,7 @@ fn fold(g: &Graph, node: &Node) -> Result<Vec<(Vec<usize>, ConstData)>> {
         "Add" | "Sub" | "Mul" | "Div" | "Equal" => {
             let (sa, sb) = (shape(0)?, shape(1)?);
             let out = broadcast(node, &sa, &sb)?;
-            let n: usize = out.iter().product();
+            let n = checked_numel(node, &out)?;
             let index = |s: &[usize], flat: usize| -> usize {
                 // Map an output index to a broadcast input index.
                 let mut rem = flat;
@@ -651,4 +671,39 @@ impl ConstVal {
             ConstVal::F(v) => v,
         }
     }
+}
+
+/// Checks a graph read from a file: every node's outputs have the shapes and element types its
+/// op's rule gives for its inputs. Executors can then index shapes without re-checking them.
+/// Constants whose data an op's rule reads (resize scales) must be present in `g`.
+pub fn validate(g: &Graph) -> Result<()> {
+    for node in &g.nodes {
+        if node.inputs.iter().flatten().chain(&node.outputs).any(|&v| v >= g.values.len()) {
+            return Err(err(node, "refers to a value that does not exist"));
+        }
+        match infer(g, node)? {
+            Inferred::Shapes(shapes) => {
+                if shapes.len() != node.outputs.len() {
+                    return Err(err(
+                        node,
+                        format!("has {} outputs, its op gives {}", node.outputs.len(), shapes.len()),
+                    ));
+                }
+                for (&o, (shape, elem)) in node.outputs.iter().zip(shapes) {
+                    let v = &g.values[o];
+                    if v.shape != shape || v.elem != elem {
+                        return Err(err(
+                            node,
+                            format!(
+                                "output '{}' is recorded as {:?} {:?}, its inputs give {elem:?} {shape:?}",
+                                v.name, v.elem, v.shape
+                            ),
+                        ));
+                    }
+                }
+            }
+            Inferred::Constants(_) => return Err(err(node, "computes a constant; a packed graph has these folded")),
+        }
+    }
+    Ok(())
 }
