@@ -111,3 +111,26 @@ fn an_unfused_batchnorm_runs_on_the_cpu_and_is_refused_by_name_on_the_gpu() {
     let e = run_gpu(&g, &x).unwrap_err();
     assert!(e.to_string().contains("bn") && e.to_string().contains("BatchNormalization"), "{e}");
 }
+
+#[test]
+fn a_weight_shared_by_a_gemm_and_a_matmul_is_read_correctly_by_both() {
+    // h1 = Gemm(x, W, b) with W [K, N] (transB = 0, transposed copy at load), h2 = MatMul(x, W)
+    // on the original: y = h1 + h2 = 2 x W + b.
+    let mut rng = SplitMix64::new(SplitMix64::from_time().next_u64());
+    let (k, n) = (4, 6);
+    let w = rng.normal_vec(k * n);
+    let b = rng.normal_vec(n);
+    let nodes = vec![
+        node("Gemm", "fc", &["x", "w", "b"], &["h1"], &[]),
+        node("MatMul", "mm", &["x", "w"], &["h2"], &[]),
+        node("Add", "sum", &["h1", "h2"], &["y"], &[]),
+    ];
+    let inits = vec![tensor_f32("w", &[k as i64, n as i64], &w), tensor_f32("b", &[n as i64], &b)];
+    let m = model(17, &nodes, &inits, &[value_info("x", &[Ok(1), Ok(4)])], &[value_info("y", &[Ok(1), Ok(6)])]);
+    let g = graph(&m);
+    let x = rng.normal_vec(k);
+    let want: Vec<f64> =
+        (0..n).map(|j| b[j] as f64 + 2.0 * (0..k).map(|i| x[i] as f64 * w[i * n + j] as f64).sum::<f64>()).collect();
+    check("cpu", &run_cpu(&g, &x), &want);
+    check("gpu", &run_gpu(&g, &x).unwrap(), &want);
+}

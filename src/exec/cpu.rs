@@ -155,9 +155,13 @@ impl CpuExecutor {
                 }
                 Kind::Softmax(axis) => ops::softmax(get(&i[0]), &i[0].shape, *axis, put(&o[0])),
                 Kind::MatMul => ops::matmul(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
-                Kind::Linear => {
+                Kind::Linear(transposed) => {
                     let w_shape = [o[0].shape[1], i[0].shape[1]];
-                    ops::linear(get(&i[0]), &i[0].shape, get(&i[1]), &w_shape, i.get(2).map(get), put(&o[0]))
+                    let w = match transposed {
+                        Some(c) => &self.consts[*c][..],
+                        None => get(&i[1]),
+                    };
+                    ops::linear(get(&i[0]), &i[0].shape, w, &w_shape, i.get(2).map(get), put(&o[0]))
                 }
                 Kind::LayerNorm { axis, epsilon } => {
                     ops::layer_norm(get(&i[0]), &i[0].shape, *axis, get(&i[1]), i.get(2).map(get), *epsilon, put(&o[0]))

@@ -123,10 +123,13 @@ impl GpuExecutor {
                 Kind::Copy => gops::copy(ctx, view(&i[0]), view(&o[0])),
                 Kind::Softmax(axis) => gops::softmax(ctx, view(&i[0]), *axis, view(&o[0])),
                 Kind::MatMul => gops::matmul(ctx, view(&i[0]), view(&i[1]), view(&o[0])),
-                Kind::Linear => {
-                    // `linear` reads W as [N, K]: the executor stored it so (transposed at load).
+                Kind::Linear(transposed) => {
+                    // `linear` reads W as [N, K]: as stored, or the copy transposed at load.
                     let w_shape = [o[0].shape[1], i[0].shape[1]];
-                    let w = GpuView { shape: &w_shape, ..view(&i[1]) };
+                    let w = match transposed {
+                        Some(c) => GpuView::new(&consts[*c], 0, &w_shape),
+                        None => GpuView { shape: &w_shape, ..view(&i[1]) },
+                    };
                     gops::linear(ctx, view(&i[0]), w, i.get(2).map(view), view(&o[0]))
                 }
                 Kind::LayerNorm { axis, epsilon } => {

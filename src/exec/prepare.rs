@@ -52,8 +52,10 @@ pub(crate) enum Kind {
     Copy,
     Softmax(i64),
     MatMul,
-    /// y = x W^T + b with W [N, K] (Gemm; transposed at load when transB = 0).
-    Linear,
+    /// y = x W^T + b with W [N, K]. A Gemm whose W is stored [K, N] (transB = 0) reads a
+    /// transposed copy made at load, in the constant slot given here (the original may have
+    /// other readers).
+    Linear(Option<usize>),
     LayerNorm {
         axis: i64,
         epsilon: f32,
@@ -82,7 +84,7 @@ impl Kind {
             Kind::Copy => "Reshape",
             Kind::Softmax(_) => "Softmax",
             Kind::MatMul => "MatMul",
-            Kind::Linear => "Gemm",
+            Kind::Linear(_) => "Gemm",
             Kind::LayerNorm { .. } => "LayerNormalization",
             Kind::ChannelAffine { .. } => "BatchNormalization",
         }
@@ -214,7 +216,7 @@ pub(crate) fn prepare_deferring(
 }
 
 /// The prepared step of one node. May rewrite constants (Gemm weights are transposed).
-fn kind(g: &Graph, node: &Node, consts: &mut [Vec<f32>], slot: &[Option<usize>]) -> Result<Kind> {
+fn kind(g: &Graph, node: &Node, consts: &mut Vec<Vec<f32>>, slot: &[Option<usize>]) -> Result<Kind> {
     let shape = |i: usize| -> Result<&Vec<usize>> { Ok(&g.values[node.input(i)?].shape) };
     let unsupported = |what: String| Err(Error::Unsupported { what });
     Ok(match node.op.as_str() {
@@ -306,18 +308,19 @@ fn kind(g: &Graph, node: &Node, consts: &mut [Vec<f32>], slot: &[Option<usize>])
             }
             let w = node.input(1)?;
             let Some(c) = slot[w] else { return unsupported("Gemm with non-constant weights".into()) };
-            if node.int("transB", 0)? == 0 {
-                // Stored [K, N]: transpose once to the [N, K] rows `linear` reads.
-                let s = &g.values[w].shape;
-                let (k, n) = (s[0], s[1]);
-                let src = consts[c].clone();
-                for i in 0..n {
-                    for j in 0..k {
-                        consts[c][i * k + j] = src[j * n + i];
-                    }
-                }
+            if node.int("transB", 0)? != 0 {
+                return Ok(Kind::Linear(None));
             }
-            Kind::Linear
+            // Stored [K, N]: a transposed copy in the [N, K] rows `linear` reads.
+            let s = &g.values[w].shape;
+            let (k, n) = (s[0], s[1]);
+            let src = &consts[c];
+            if src.len() != k * n {
+                return unsupported("Gemm with weights held packed".into());
+            }
+            let t: Vec<f32> = (0..n * k).map(|idx| src[(idx % k) * n + idx / k]).collect();
+            consts.push(t);
+            Kind::Linear(Some(consts.len() - 1))
         }
         "LayerNormalization" => Kind::LayerNorm { axis: node.int("axis", -1)?, epsilon: node.float("epsilon", 1e-5)? },
         "BatchNormalization" => {
