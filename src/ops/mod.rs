@@ -196,6 +196,11 @@ pub(crate) fn run_parallel<T: Send>(items: Vec<T>, scratches: Vec<&mut [f32]>, w
     workers::Pool::global().run(helper_scratch.len(), &job, || drain(own));
 }
 
+/// The persistent worker pool the ops run on (also used by the weight-format GEMV).
+pub(crate) fn worker_pool() -> &'static workers::Pool {
+    workers::Pool::global()
+}
+
 /// Work items for `workers` threads: about four each, so late threads even out.
 pub(crate) fn item_count(workers: usize, units: usize) -> usize {
     (4 * workers).min(units).max(1)

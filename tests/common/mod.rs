@@ -23,7 +23,16 @@ thread_local! {
     static TOTAL: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Allocations on every thread (for code that runs on worker threads too).
+static GLOBAL_ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Allocations made on any thread so far.
+pub fn global_allocs() -> usize {
+    GLOBAL_ALLOCS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn note_alloc(size: usize) {
+    GLOBAL_ALLOCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     // `try_with`: the thread-locals may already be gone while a thread is being torn down. They
     // are const-initialised `Cell`s, so touching them never allocates (no recursion).
     let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));

@@ -5,7 +5,8 @@
 mod rows;
 
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::quant::MAX_LORC_RANK;
@@ -39,8 +40,12 @@ fn check_shapes(op: &'static str, w: &MatrixView, x_len: usize, y_len: usize, ro
     Ok(())
 }
 
-/// Splits `out` (one value per output row, `per_row` values each) into contiguous chunks and runs
-/// `work(rows, chunk)` on each, in parallel when the matrix is large.
+/// Most pieces a product is split into (a fixed array: splitting allocates nothing).
+const MAX_PIECES: usize = 256;
+
+/// Splits `out` (one value per output row, `per_row` values each) into contiguous pieces and
+/// runs `work(rows, piece)` on each. Large products use the ops' persistent worker pool: about
+/// four pieces per thread, taken in turn, so a late helper costs nothing but its own share.
 fn for_row_chunks<F>(n: usize, k: usize, per_row: usize, out: &mut [f32], work: F)
 where
     F: Fn(Range<usize>, &mut [f32]) + Sync,
@@ -50,14 +55,23 @@ where
         work(0..n, out);
         return;
     }
-    let rows_per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (i, chunk) in out.chunks_mut(rows_per * per_row).enumerate() {
-            let work = &work;
-            let start = i * rows_per;
-            s.spawn(move || work(start..start + chunk.len() / per_row, chunk));
+    let pieces = (4 * threads).min(n).min(MAX_PIECES);
+    let rows_per = n.div_ceil(pieces);
+    let mut slots: heapless::Vec<Mutex<Option<(usize, &mut [f32])>>, MAX_PIECES> = heapless::Vec::new();
+    for (i, chunk) in out.chunks_mut(rows_per * per_row).enumerate() {
+        // At most `pieces` chunks, which fits.
+        let _ = slots.push(Mutex::new(Some((i * rows_per, chunk))));
+    }
+    let next = AtomicUsize::new(0);
+    let drain = || loop {
+        let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+        // Each slot is taken exactly once; the lock only moves the slice out.
+        let piece = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((start, chunk)) = piece {
+            work(start..start + chunk.len() / per_row, chunk);
         }
-    });
+    };
+    crate::ops::worker_pool().run(threads - 1, &|_| drain(), drain);
 }
 
 /// y = W x (+ U (V^T x) when the matrix carries LoRC factors). `x` has k values, `y` n.
