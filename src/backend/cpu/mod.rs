@@ -43,6 +43,9 @@ fn check_shapes(op: &'static str, w: &MatrixView, x_len: usize, y_len: usize, ro
 /// Most pieces a product is split into (a fixed array: splitting allocates nothing).
 const MAX_PIECES: usize = 256;
 
+/// One piece of the output: its first row and its values, taken once by whichever thread gets it.
+type Piece<'a> = Mutex<Option<(usize, &'a mut [f32])>>;
+
 /// Splits `out` (one value per output row, `per_row` values each) into contiguous pieces and
 /// runs `work(rows, piece)` on each. Large products use the ops' persistent worker pool: about
 /// four pieces per thread, taken in turn, so a late helper costs nothing but its own share.
@@ -57,18 +60,19 @@ where
     }
     let pieces = (4 * threads).min(n).min(MAX_PIECES);
     let rows_per = n.div_ceil(pieces);
-    let mut slots: heapless::Vec<Mutex<Option<(usize, &mut [f32])>>, MAX_PIECES> = heapless::Vec::new();
+    let mut slots: heapless::Vec<Piece, MAX_PIECES> = heapless::Vec::new();
     for (i, chunk) in out.chunks_mut(rows_per * per_row).enumerate() {
         // At most `pieces` chunks, which fits.
         let _ = slots.push(Mutex::new(Some((i * rows_per, chunk))));
     }
     let next = AtomicUsize::new(0);
-    let drain = || loop {
-        let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-        // Each slot is taken exactly once; the lock only moves the slice out.
-        let piece = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((start, chunk)) = piece {
-            work(start..start + chunk.len() / per_row, chunk);
+    let drain = || {
+        while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+            // Each slot is taken exactly once; the lock only moves the slice out.
+            let piece = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((start, chunk)) = piece {
+                work(start..start + chunk.len() / per_row, chunk);
+            }
         }
     };
     crate::ops::worker_pool().run(threads - 1, &|_| drain(), drain);
