@@ -1,9 +1,10 @@
-// conv2d with packed weights (F16, Q8, Q4, FP4 as src/tensor.rs lays them out): the entry points
-// `conv2d_packed` (implicit GEMM, the tile code of op_gemm.wgsl) and `conv2d_packed_direct` (one
-// thread per output, as conv2d_direct). Only the weight loads differ from the f32 kernels: they
-// call `weight_at(row, col)`, element (output channel, tap) of the [M, K] weight matrix, which the
-// module's format file (op_conv_<format>.wgsl) defines by decoding the packed words in place. The
-// weights stay packed in memory; the decode happens while the A tile is filled.
+// conv2d with packed weights (F16, Q8, Q4, FP4 as src/tensor.rs lays them out). op_gemm.wgsl's
+// `conv2d` and `conv2d_direct` read conv weights only through `conv_weight` and
+// `load_conv_weight_tile`; this file defines them over `weight_at(row, col)`, element (output
+// channel, tap) of the [M, K] weight matrix, which the module's format file
+// (op_conv_<format>.wgsl) defines by decoding the packed words in place (op_conv_f32.wgsl defines
+// them for f32 weights). The weights stay packed in memory; the decode happens while the weight
+// tile is filled.
 //
 // A module is: generated header (BM, BN, format constants), op_common.wgsl with src0..src2 typed
 // array<u32> (so packed words are read as integers, never moved through a float register that
@@ -56,7 +57,7 @@ fn half_to_f32(h: u32) -> f32 {
 
 // The weight tile of one group: rows ch0 + m0.., taps k0..; K is contiguous in a packed row, so
 // neighbouring threads decode neighbouring codes (mostly of the same word).
-fn load_packed_a_tile(ch0: u32, m0: u32, k0: u32, li: u32) {
+fn load_conv_weight_tile(ch0: u32, m0: u32, k0: u32, li: u32) {
     for (var r = 0u; r < TM; r++) {
         let e = li + r * THREADS;
         let kk = e % BK;
@@ -71,64 +72,7 @@ fn load_packed_a_tile(ch0: u32, m0: u32, k0: u32, li: u32) {
     }
 }
 
-// One (image, group) per wg.z, as conv2d.
-@compute @workgroup_size(256)
-fn conv2d_packed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let image = wg.z / p.groups;
-    let g = wg.z % p.groups;
-    let ch0 = g * p.mg;
-    let x_base = p.b_off + (image * p.c + g * p.cg) * p.h * p.w;
-    let y_base = p.y_off + (image * p.m_total + ch0) * p.n;
-    let m0 = wg.y * BM;
-    let n0 = wg.x * BN;
-    clear_acc();
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        load_packed_a_tile(ch0, m0, k0, li);
-        load_im2col_tile(x_base, n0, k0, li);
-        workgroupBarrier();
-        mac_tile(li);
-        workgroupBarrier();
-    }
-    store_tile(y_base, m0, n0, ch0, li);
-}
-
-// One thread per output, as conv2d_direct: bias + w x over (c, ki, kj) in the twin's order; the
-// weight of tap (c, ki, kj) is column (c kh + ki) kw + kj of row ch.
-@compute @workgroup_size(256)
-fn conv2d_packed_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let stride = nwg.x * THREADS;
-    let a = p.act;
-    for (var i = gid.x; i < p.len; i += stride) {
-        let ox = i % p.ow;
-        var rest = i / p.ow;
-        let oy = rest % p.oh;
-        rest = rest / p.oh;
-        let ch = rest % p.m_total;
-        let image = rest / p.m_total;
-        let g = ch / p.mg;
-        let y0 = i32(oy * p.sh) - i32(p.pt);
-        let x0 = i32(ox * p.sw) - i32(p.pl);
-        var s = 0.0;
-        if p.bias_mode != 0u {
-            s = load(p.bias_slot, p.bias_off + ch);
-        }
-        for (var c = 0u; c < p.cg; c++) {
-            let xc = p.b_off + (image * p.c + g * p.cg + c) * p.h * p.w;
-            for (var ki = 0u; ki < p.kh; ki++) {
-                let iy = y0 + i32(ki * p.dh);
-                if iy < 0 || iy >= i32(p.h) {
-                    continue;
-                }
-                let col = (c * p.kh + ki) * p.kw;
-                for (var kj = 0u; kj < p.kw; kj++) {
-                    let ix = x0 + i32(kj * p.dw);
-                    if ix < 0 || ix >= i32(p.w) {
-                        continue;
-                    }
-                    s += weight_at(ch, col + kj) * load(p.b_slot, xc + u32(iy) * p.w + u32(ix));
-                }
-            }
-        }
-        dst[p.y_off + i] = act(a, s, ch);
-    }
+// Element (row, col) of the weight matrix, decoded (op_gemm.wgsl's conv2d_direct reads it).
+fn conv_weight(row: u32, col: u32) -> f32 {
+    return weight_at(row, col);
 }

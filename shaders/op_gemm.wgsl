@@ -228,14 +228,13 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let image = wg.z / p.groups;
     let g = wg.z % p.groups;
     let ch0 = g * p.mg;
-    let a_base = p.a_off + ch0 * p.k;
     let x_base = p.b_off + (image * p.c + g * p.cg) * p.h * p.w;
     let y_base = p.y_off + (image * p.m_total + ch0) * p.n;
     let m0 = wg.y * BM;
     let n0 = wg.x * BN;
     clear_acc();
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        load_a_tile(a_base, m0, k0, li);
+        load_conv_weight_tile(ch0, m0, k0, li);
         load_im2col_tile(x_base, n0, k0, li);
         workgroupBarrier();
         mac_tile(li);
@@ -265,18 +264,18 @@ fn conv2d_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         }
         for (var c = 0u; c < p.cg; c++) {
             let xc = p.b_off + (image * p.c + g * p.cg + c) * p.h * p.w;
-            let wc = p.a_off + (ch * p.cg + c) * p.kh * p.kw;
             for (var ki = 0u; ki < p.kh; ki++) {
                 let iy = y0 + i32(ki * p.dh);
                 if iy < 0 || iy >= i32(p.h) {
                     continue;
                 }
+                let col = (c * p.kh + ki) * p.kw;
                 for (var kj = 0u; kj < p.kw; kj++) {
                     let ix = x0 + i32(kj * p.dw);
                     if ix < 0 || ix >= i32(p.w) {
                         continue;
                     }
-                    s += load(p.a_slot, wc + ki * p.kw + kj) * load(p.b_slot, xc + u32(iy) * p.w + u32(ix));
+                    s += conv_weight(ch, col + kj) * load(p.b_slot, xc + u32(iy) * p.w + u32(ix));
                 }
             }
         }

@@ -46,7 +46,7 @@ fn every_packed_conv_module_validates_with_naga() {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
         validator.validate(&module).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
         let entries: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
-        for e in ["conv2d_packed", "conv2d_packed_direct", "conv2d", "conv2d_direct", "matmul"] {
+        for e in ["conv2d", "conv2d_direct", "matmul"] {
             assert!(entries.contains(&e), "{name} lacks entry point {e}");
         }
         // Packed words are read as integers: the read-only bindings are u32 in these modules.
@@ -204,8 +204,7 @@ fn every_path(test: &str, pick: impl Fn(Scheme) -> bool) {
             entries.push(entry);
         }
         // Both kernels ran (F32 takes the plain conv path).
-        let (gemm, direct) =
-            if scheme == Scheme::F32 { ("conv2d", "conv2d_direct") } else { ("conv2d_packed", "conv2d_packed_direct") };
+        let (gemm, direct) = ("conv2d", "conv2d_direct");
         assert!(entries.contains(&gemm) && entries.contains(&direct), "{}: kernels {entries:?}", scheme.label());
     }
 }

@@ -45,7 +45,7 @@
 //! | op | WGSL entry (file) | notes |
 //! |---|---|---|
 //! | [`conv2d`] | `conv2d`, `conv2d_direct` (op_gemm.wgsl) | implicit GEMM tiles; direct below 4 output channels per group (depthwise) |
-//! | [`conv2d_packed`] | `conv2d_packed`, `conv2d_packed_direct` (op_conv_packed.wgsl + op_conv_<format>.wgsl) | the same, weights decoded from F16 / Q8 / Q4 / FP4 in place |
+//! | [`conv2d_packed`] | `conv2d`, `conv2d_direct` (op_gemm.wgsl + op_conv_packed.wgsl + op_conv_<format>.wgsl) | the same kernels, weights decoded from F16 / Q8 / Q4 / FP4 in place |
 //! | [`matmul`], [`linear`] | `matmul` (op_gemm.wgsl) | batch broadcasting through per-dim strides |
 //! | [`binary`] | `binary` (op_elementwise.wgsl) | broadcast collapsed on the host |
 //! | [`activation`] | `activation` (op_elementwise.wgsl) | every [`crate::ops::Activation`] |
@@ -76,9 +76,10 @@ pub use resize::resize;
 pub use rows::{layer_norm, softmax};
 
 /// The shader files these kernels are assembled from (each module is `op_common.wgsl` plus one
-/// family file; the GEMM family once per tile shape, and once more per tile shape and packed
-/// weight format with op_conv_packed.wgsl and the format's decoder).
-pub const SHADER_FILES: [&str; 12] = [
+/// family file; the GEMM family once per tile shape with op_conv_f32.wgsl's weight reads, and
+/// once more per tile shape and packed weight format with op_conv_packed.wgsl and the format's
+/// decoder instead).
+pub const SHADER_FILES: [&str; 13] = [
     "op_common.wgsl",
     "op_elementwise.wgsl",
     "op_gather.wgsl",
@@ -86,6 +87,7 @@ pub const SHADER_FILES: [&str; 12] = [
     "op_resize.wgsl",
     "op_rows.wgsl",
     "op_gemm.wgsl",
+    "op_conv_f32.wgsl",
     "op_conv_packed.wgsl",
     "op_conv_f16.wgsl",
     "op_conv_q8.wgsl",
@@ -180,17 +182,20 @@ impl Module {
     }
 
     fn source(self) -> String {
-        let (header, body) = match self {
-            Module::Elementwise => (String::new(), shaders::OP_ELEMENTWISE),
-            Module::Gather => (String::new(), shaders::OP_GATHER),
-            Module::Pool => (String::new(), shaders::OP_POOL),
-            Module::Resize => (String::new(), shaders::OP_RESIZE),
-            Module::Rows => (String::new(), shaders::OP_ROWS),
-            Module::Gemm(t) => (format!("const BM: u32 = {}u;\nconst BN: u32 = {}u;\n", t.bm, t.bn), shaders::OP_GEMM),
+        let (header, bodies): (String, &[&str]) = match self {
+            Module::Elementwise => (String::new(), &[shaders::OP_ELEMENTWISE]),
+            Module::Gather => (String::new(), &[shaders::OP_GATHER]),
+            Module::Pool => (String::new(), &[shaders::OP_POOL]),
+            Module::Resize => (String::new(), &[shaders::OP_RESIZE]),
+            Module::Rows => (String::new(), &[shaders::OP_ROWS]),
+            Module::Gemm(t) => (
+                format!("const BM: u32 = {}u;\nconst BN: u32 = {}u;\n", t.bm, t.bn),
+                &[shaders::OP_GEMM, shaders::OP_CONV_F32],
+            ),
             Module::GemmPacked(t, f) => return gemm::packed_source(&self.name(), t, f),
         };
         let header = format!("// {}\n{header}", self.name());
-        [header.as_str(), shaders::OP_COMMON, body].join("\n")
+        [&[header.as_str(), shaders::OP_COMMON][..], bodies].concat().join("\n")
     }
 
     fn all() -> Vec<Module> {

@@ -373,7 +373,7 @@ pub fn conv2d_packed(
 enum ConvWeights<'a> {
     /// f32 [M, C/group, kH, kW], read by `conv2d` / `conv2d_direct`.
     F32(GpuView<'a>),
-    /// A packed [M, K] matrix, read by `conv2d_packed` / `conv2d_packed_direct`.
+    /// A packed [M, K] matrix, read by the packed modules' `conv2d` / `conv2d_direct`.
     Packed {
         format: PackedFormat,
         main: GpuView<'a>,
@@ -478,7 +478,7 @@ fn conv_steps(
             params.row_words = row_words;
             params.aux_row_words = aux_row_words;
             params.group_words = group_words;
-            (Some(format), ["conv2d_packed_direct", "conv2d_packed"])
+            (Some(format), ["conv2d_direct", "conv2d"])
         }
     };
     let module = |t: GemmTile| match format {
