@@ -168,9 +168,20 @@ fn check_io(
     Ok(())
 }
 
-/// ONNX `MaxPool` (2-D): the maximum over each window, padding ignored.
-pub fn max_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> Result<()> {
-    let op = "max_pool2d";
+/// Runs `reduce(init, value)` over every window of every plane and stores `finish(acc, oh, ow,
+/// taps)`, where taps is the number of input values the window covered: the walk max and
+/// average pooling share.
+#[allow(clippy::too_many_arguments)] // the op's arguments plus the fold (init, step, finish)
+fn pool_windows(
+    op: &'static str,
+    x: &[f32],
+    x_shape: &[usize],
+    p: &Pool2d,
+    out: &mut [f32],
+    init: f32,
+    reduce: impl Fn(f32, f32) -> f32,
+    finish: impl Fn(f32, &Axis, usize, &Axis, usize, usize) -> f32,
+) -> Result<()> {
     let (planes, ah, aw) = axes(op, x_shape, p)?;
     check_io(op, x, x_shape, planes, &ah, &aw, out)?;
     let (ip, op_len) = (ah.input * aw.input, ah.out * aw.out);
@@ -182,48 +193,40 @@ pub fn max_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> 
             let (i0, i1) = ah.taps(oh, ah.input);
             for ow in 0..aw.out {
                 let (j0, j1) = aw.taps(ow, aw.input);
-                let mut m = f32::NEG_INFINITY;
+                let mut acc = init;
                 for i in i0..i1 {
                     let row = &src[ah.pos(oh, i) * aw.input..][..aw.input];
                     for j in j0..j1 {
-                        m = m.max(row[aw.pos(ow, j)]);
+                        acc = reduce(acc, row[aw.pos(ow, j)]);
                     }
                 }
-                dst[oh * aw.out + ow] = m;
+                dst[oh * aw.out + ow] = finish(acc, &ah, oh, &aw, ow, (i1 - i0) * (j1 - j0));
             }
         }
     }
     Ok(())
 }
 
+/// ONNX `MaxPool` (2-D): the maximum over each window, padding ignored.
+pub fn max_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> Result<()> {
+    pool_windows("max_pool2d", x, x_shape, p, out, f32::NEG_INFINITY, f32::max, |m, _, _, _, _, _| m)
+}
+
 /// ONNX `AveragePool` (2-D), with `count_include_pad` and `ceil_mode` as in ONNX Runtime.
 pub fn avg_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> Result<()> {
-    let op = "avg_pool2d";
-    let (planes, ah, aw) = axes(op, x_shape, p)?;
-    check_io(op, x, x_shape, planes, &ah, &aw, out)?;
-    let (ip, op_len) = (ah.input * aw.input, ah.out * aw.out);
-    if op_len == 0 || ip == 0 {
-        return Ok(());
-    }
-    for (src, dst) in x.chunks_exact(ip).zip(out.chunks_exact_mut(op_len)) {
-        for oh in 0..ah.out {
-            let (i0, i1) = ah.taps(oh, ah.input);
-            for ow in 0..aw.out {
-                let (j0, j1) = aw.taps(ow, aw.input);
-                let mut s = 0f32;
-                for i in i0..i1 {
-                    let row = &src[ah.pos(oh, i) * aw.input..][..aw.input];
-                    for j in j0..j1 {
-                        s += row[aw.pos(ow, j)];
-                    }
-                }
-                let count =
-                    if p.count_include_pad { ah.padded_taps(oh) * aw.padded_taps(ow) } else { (i1 - i0) * (j1 - j0) };
-                dst[oh * aw.out + ow] = s / count as f32;
-            }
-        }
-    }
-    Ok(())
+    pool_windows(
+        "avg_pool2d",
+        x,
+        x_shape,
+        p,
+        out,
+        0.0,
+        |s, v| s + v,
+        |s, ah, oh, aw, ow, taps| {
+            let count = if p.count_include_pad { ah.padded_taps(oh) * aw.padded_taps(ow) } else { taps };
+            s / count as f32
+        },
+    )
 }
 
 fn global(op: &'static str, x: &[f32], x_shape: &[usize], out: &mut [f32]) -> Result<(usize, usize)> {
