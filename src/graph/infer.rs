@@ -30,21 +30,9 @@ pub fn norm_axis(node: &Node, axis: i64, rank: usize) -> Result<usize> {
     }
 }
 
-/// ONNX multidirectional broadcasting.
+/// ONNX multidirectional broadcasting (the ops' rule), with the error naming the node.
 pub fn broadcast(node: &Node, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
-    let rank = a.len().max(b.len());
-    let mut out = vec![0; rank];
-    for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return Err(err(node, format!("shapes {a:?} and {b:?} do not broadcast"))),
-        };
-    }
-    Ok(out)
+    crate::ops::broadcast_shape(a, b).map_err(|_| err(node, format!("shapes {a:?} and {b:?} do not broadcast")))
 }
 
 /// Output extent of a convolution or pooling window along one axis.
