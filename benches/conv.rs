@@ -83,14 +83,17 @@ fn main() {
         let mut out = vec![0.0; numel(&os)];
         let flops = 2.0 * (numel(&os) * ws[1] * ws[2] * ws[3]) as f64;
         let mut line = format!("{name:<26} {:>6.1} MFLOP", flops / 1e6);
-        for (label, threads, portable) in [("2 thr", 0, false), ("1 thr", 1, false), ("1 thr baseline-ISA", 1, true)] {
+        let best = *ops::CpuKernel::available().last().expect("portable is always available");
+        let runs = std::iter::once(("all thr", 0, best))
+            .chain(ops::CpuKernel::available().iter().rev().map(|&k| ("1 thr", 1, k)));
+        for (label, threads, kernel) in runs {
             ops::set_max_threads(threads);
-            ops::force_portable_kernels(portable);
+            ops::force_kernel(Some(kernel));
             let t = median_seconds(15, || ops::conv2d(&x, xs, &w, ws, Some(&b), p, &mut out).unwrap());
-            line += &format!("  {label}: {:>6.3} ms {:>5.1} GFLOP/s", t * 1e3, flops / t / 1e9);
+            line += &format!("  {label} {}: {:>6.3} ms {:>5.1} GFLOP/s", kernel.name(), t * 1e3, flops / t / 1e9);
         }
         ops::set_max_threads(0);
-        ops::force_portable_kernels(false);
+        ops::force_kernel(None);
         println!("{line}");
     }
 }

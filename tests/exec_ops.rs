@@ -73,6 +73,10 @@ fn gemm_without_transposed_weights_and_hard_activations() {
     let inits = vec![tensor_f32("w", &[k as i64, n as i64], &w), tensor_f32("b", &[n as i64], &b)];
     let m = model(17, &nodes, &inits, &[value_info("x", &[Ok(1), Ok(5)])], &[value_info("y", &[Ok(1), Ok(3)])]);
     let g = graph(&m);
+    // The pass stored W as [N, K] with transB = 1, so a quantizer groups along K.
+    let fc = g.nodes.iter().find(|nd| nd.op == "Gemm").unwrap();
+    assert_eq!(fc.int("transB", 0).unwrap(), 1);
+    assert_eq!(g.values[fc.inputs[1].unwrap()].shape, vec![n, k]);
     let x = rng.normal_vec(k);
     let want: Vec<f64> = (0..n)
         .map(|j| {

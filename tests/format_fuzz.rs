@@ -600,7 +600,7 @@ fn the_oracle_accepts_the_original_and_its_fixups() {
     }
     // A flip in the padding before DATA is covered by no checksum, so the reader requires zeros.
     let gap = o.tensors.end;
-    assert!(gap % 256 != 0);
+    assert!(!gap.is_multiple_of(256));
     let (b, mutated) = flip_all(&[(gap, 0xFF)]);
     let run = guarded_open(b.clone()).unwrap();
     assert!(

@@ -276,19 +276,27 @@ fn run_conv_case(r: &mut SplitMix64, case: &ConvCase, what: &str) {
     ops::conv2d(&x, &case.x_shape, &w, &case.w_shape, bias, &case.p, &mut out).unwrap();
     let reference = ref_conv2d(&x, case.x_shape, &w, case.w_shape, bias, &case.p);
     assert_close(&format!("{what} x {:?} w {:?} {:?}", case.x_shape, case.w_shape, case.p), &out, &reference);
+    // Weights packed ahead of time (as the executor does at load) give the same bits.
+    let packed = ops::PackedConvWeights::new(&w, &case.w_shape, case.p.group).unwrap();
+    let mut again = vec![f32::NAN; out.len()];
+    ops::conv2d_packed(&x, &case.x_shape, &packed, bias, &case.p, &mut again).unwrap();
+    assert!(
+        out.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{what}: pre-packed weights changed the result"
+    );
 }
 
 #[test]
 fn conv2d_random_shapes_groups_and_activations() {
     let mut r = rng("conv2d_random_shapes_groups_and_activations");
-    for portable in [false, true] {
-        ops::force_portable_kernels(portable);
+    for &kernel in ops::CpuKernel::available() {
+        ops::force_kernel(Some(kernel));
         for i in 0..36 {
             let case = random_conv(&mut r, i % 3);
-            run_conv_case(&mut r, &case, if portable { "conv2d (portable)" } else { "conv2d" });
+            run_conv_case(&mut r, &case, &format!("conv2d ({})", kernel.name()));
         }
     }
-    ops::force_portable_kernels(false);
+    ops::force_kernel(None);
 }
 
 #[test]
@@ -432,10 +440,29 @@ fn conv2d_threaded_paths_match_reference() {
             p: Conv2d { pads: [1; 4], group: 128, activation: Activation::Relu, ..Conv2d::default() },
             bias: true,
         },
+        // A small map with many channels: split by output channels, not rows (a YOLO head at
+        // stride 32), with a channel count that is no multiple of the register tile.
+        ConvCase {
+            x_shape: [1, 96, 10, 11],
+            w_shape: [260, 96, 3, 3],
+            p: Conv2d { pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() },
+            bias: true,
+        },
+        // Grouped, small map: channel ranges inside each group.
+        ConvCase {
+            x_shape: [2, 64, 9, 9],
+            w_shape: [128, 32, 3, 3],
+            p: Conv2d { pads: [1; 4], group: 2, strides: [2, 1], ..Conv2d::default() },
+            bias: false,
+        },
     ];
-    for case in &cases {
-        run_conv_case(&mut r, case, "conv2d threaded");
+    for &kernel in ops::CpuKernel::available() {
+        ops::force_kernel(Some(kernel));
+        for case in &cases {
+            run_conv_case(&mut r, case, &format!("conv2d threaded ({})", kernel.name()));
+        }
     }
+    ops::force_kernel(None);
 }
 
 /// Attributes drawn at random, valid or not, with slices that match the shapes: the op either
@@ -459,8 +486,8 @@ fn conv2d_random_attributes_error_or_agree() {
             && p.strides.iter().chain(&p.dilations).all(|&v| v > 0)
             && w_shape[2] > 0
             && w_shape[3] > 0
-            && x_shape[1] % p.group == 0
-            && w_shape[0] % p.group == 0
+            && x_shape[1].is_multiple_of(p.group)
+            && w_shape[0].is_multiple_of(p.group)
             && w_shape[1] * p.group == x_shape[1]
             && x_shape[2] + p.pads[0] + p.pads[2] > p.dilations[0] * (w_shape[2] - 1)
             && x_shape[3] + p.pads[1] + p.pads[3] > p.dilations[1] * (w_shape[3] - 1);
@@ -1367,8 +1394,8 @@ fn ref_matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize]) -> (Ve
 #[test]
 fn matmul_batched_and_broadcast() {
     let mut r = rng("matmul_batched_and_broadcast");
-    for portable in [false, true] {
-        ops::force_portable_kernels(portable);
+    for &kernel in ops::CpuKernel::available() {
+        ops::force_kernel(Some(kernel));
         for t in 0..30 {
             let (m, k, n) = (pick(&mut r, 1, 13), pick(&mut r, 1, 19), pick(&mut r, 1, 30));
             let (a_shape, b_shape): (Vec<usize>, Vec<usize>) = match t % 6 {
@@ -1385,10 +1412,10 @@ fn matmul_batched_and_broadcast() {
             assert_eq!(ops::matmul_output_shape(&a_shape, &b_shape).unwrap(), shape);
             let mut out = vec![f32::NAN; numel(&shape)];
             ops::matmul(&a, &a_shape, &b, &b_shape, &mut out).unwrap();
-            assert_close(&format!("matmul {a_shape:?} x {b_shape:?}"), &out, &reference);
+            assert_close(&format!("matmul {a_shape:?} x {b_shape:?} ({})", kernel.name()), &out, &reference);
         }
     }
-    ops::force_portable_kernels(false);
+    ops::force_kernel(None);
     // Threaded: both the folded (shared B) and the per-batch split.
     for (a_shape, b_shape) in [(vec![4, 40, 96], vec![96, 160]), (vec![6, 40, 64], vec![6, 64, 150])] {
         let a = r.normal_vec(numel(&a_shape));

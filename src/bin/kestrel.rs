@@ -377,7 +377,7 @@ fn graph_json(g: &kestrel::graph::Graph) -> Value {
 
 /// A model prepared on one backend.
 enum Runner {
-    Cpu(kestrel::exec::CpuExecutor),
+    Cpu(Box<kestrel::exec::CpuExecutor>),
     Gpu(Box<(GpuContext, kestrel::exec::GpuExecutor)>),
 }
 
@@ -441,7 +441,7 @@ fn load_runner(
                 ctx: Option<GpuContext>|
      -> Result<Runner> {
         Ok(match ctx {
-            None => Runner::Cpu(kestrel::exec::CpuExecutor::new(g, weights)?),
+            None => Runner::Cpu(Box::new(kestrel::exec::CpuExecutor::new(g, weights)?)),
             Some(ctx) => {
                 let e = kestrel::exec::GpuExecutor::new(&ctx, g, weights)?;
                 Runner::Gpu(Box::new((ctx, e)))

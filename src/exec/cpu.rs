@@ -11,6 +11,9 @@ pub struct CpuExecutor {
     steps: Vec<Step>,
     arena: Vec<f32>,
     consts: Vec<Vec<f32>>,
+    /// Per step: the conv weights packed for the GEMM kernel at load (convs with constant
+    /// weights), so a run does not repack them.
+    packed: Vec<Option<ops::PackedConvWeights>>,
     inputs: Vec<Vec<f32>>,
     input_shapes: Vec<Vec<usize>>,
     outputs: Vec<Operand>,
@@ -25,7 +28,18 @@ impl CpuExecutor {
     pub fn new(g: &Graph, weights: &dyn Fn(ValueId) -> Result<Vec<f32>>) -> Result<Self> {
         let p = prepare(g, weights)?;
         let inputs = p.input_shapes.iter().map(|s| vec![0.0; s.iter().product()]).collect();
+        let packed = p
+            .steps
+            .iter()
+            .map(|step| match (&step.kind, step.inputs.get(1)) {
+                (Kind::Conv(conv), Some(Operand { loc: Loc::Const(c), len, shape })) => {
+                    ops::PackedConvWeights::new(&p.consts[*c][..*len], shape, conv.group).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            packed,
             steps: p.steps,
             arena: vec![0.0; p.plan.arena_bytes / 4],
             consts: p.consts,
@@ -123,7 +137,10 @@ impl CpuExecutor {
             let result = match &step.kind {
                 Kind::Conv(p) => {
                     let bias = i.get(2).map(get);
-                    ops::conv2d(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, bias, p, put(&o[0]))
+                    match &self.packed[si] {
+                        Some(w) => ops::conv2d_packed(get(&i[0]), &i[0].shape, w, bias, p, put(&o[0])),
+                        None => ops::conv2d(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, bias, p, put(&o[0])),
+                    }
                 }
                 Kind::Binary(op) => ops::binary(*op, get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
                 Kind::Act(a) => ops::activation(get(&i[0]), &i[0].shape, a, put(&o[0])),

@@ -1,7 +1,9 @@
 //! Rewrites applied after import: drop Identity, fold BatchNormalization into the preceding
 //! convolution, fuse activations into convolutions (including the x * sigmoid(x) SiLU pattern),
 //! and remove what no output needs. Each rewrite keeps the graph's meaning exactly (up to float
-//! rounding in the folded weights).
+//! rounding in the folded weights). Gemm weights stored [K, N] (transB = 0) are rewritten to
+//! [N, K] with transB = 1: every quantizer groups along a row, and a linear layer's groups must
+//! run along K, the sum's axis, as they do for convs.
 
 use super::{Attr, ConstData, ElemType, Graph, Node, ValueId};
 use crate::error::{Error, Result};
@@ -13,6 +15,7 @@ pub struct PassReport {
     pub batchnorms_folded: usize,
     pub activations_fused: usize,
     pub silu_patterns: usize,
+    pub gemm_weights_transposed: usize,
     pub dead_nodes_removed: usize,
 }
 
@@ -23,6 +26,7 @@ pub fn optimize(g: &mut Graph) -> Result<PassReport> {
     let (fused, silu) = fuse_activations(g);
     r.activations_fused = fused;
     r.silu_patterns = silu;
+    r.gemm_weights_transposed = gemm_weights_to_rows(g)?;
     r.dead_nodes_removed = eliminate_dead(g);
     Ok(r)
 }
@@ -123,6 +127,32 @@ fn fold_batchnorms(g: &mut Graph) -> Result<usize> {
         folded += 1;
     }
     Ok(folded)
+}
+
+/// Stores the constant weights of `Gemm` nodes with transB = 0 as their transpose [N, K] and
+/// sets transB = 1 (exact: a transpose moves values, it does not round them).
+fn gemm_weights_to_rows(g: &mut Graph) -> Result<usize> {
+    let mut rewritten = 0;
+    for i in 0..g.nodes.len() {
+        let node = &g.nodes[i];
+        if node.op != "Gemm" || node.int("transB", 0)? != 0 {
+            continue;
+        }
+        let Some(w) = node.inputs.get(1).copied().flatten() else { continue };
+        let (Some(ConstData::F32(data)), &[k, n]) = (g.constant(w), &g.values[w].shape[..]) else { continue };
+        if data.len() != k * n {
+            continue;
+        }
+        let t: Vec<f32> = (0..n * k).map(|idx| data[(idx % k) * n + idx / k]).collect();
+        // A new constant: the original may be shared with another node.
+        let t_id = g.add_value(&format!("{}.weight_nk", node.name), ElemType::F32, vec![n, k]);
+        g.constants.insert(t_id, ConstData::F32(t));
+        let node = &mut g.nodes[i];
+        node.inputs[1] = Some(t_id);
+        node.set_attr("transB", Attr::Int(1));
+        rewritten += 1;
+    }
+    Ok(rewritten)
 }
 
 /// Fuses Relu / Sigmoid / SiLU into the Conv producing their input, and turns remaining

@@ -29,7 +29,7 @@
 //! output planes.
 
 use super::gemm::{with_offsets, with_scratch, Dest, GemmArgs, Kernel, Table, NR_MAX};
-use super::{check_len, item_count, run_parallel, workers_for, Activation};
+use super::{check_len, item_count, parallel_chunks, parallel_for, workers_for, Activation, SharedMut};
 use crate::error::{Error, Result};
 
 /// Parameters of a 2-D convolution. The kernel size comes from the weight shape.
@@ -173,6 +173,60 @@ fn valid_range(out_len: usize, stride: usize, offset: isize, in_len: usize) -> (
     (lo, hi)
 }
 
+/// Conv weights [M, C/group, kH, kW] in the layout the kernel reads, made once (an executor does
+/// this at load, so a run does not repack every layer's weights). GEMM-path convs hold each
+/// group's rows packed into register tiles of the CPU's kernel; direct-path (depthwise) convs
+/// keep the plain rows.
+#[derive(Clone, Debug)]
+pub struct PackedConvWeights {
+    shape: [usize; 4],
+    group: usize,
+    /// The kernel the tiles were packed for (`None`: plain rows, direct path).
+    kernel: Option<Kernel>,
+    data: Vec<f32>,
+}
+
+impl PackedConvWeights {
+    /// Packs `w` of `w_shape` for a conv with `group` groups.
+    pub fn new(w: &[f32], w_shape: &[usize], group: usize) -> Result<PackedConvWeights> {
+        let op = "conv2d weights";
+        let [m, cg, kh, kw] = *w_shape else {
+            return Err(Error::shape(op, "weights [M, C/group, kH, kW]", format!("{w_shape:?}")));
+        };
+        check_len(op, "weights", w.len(), w_shape)?;
+        if group == 0 || m % group != 0 {
+            return Err(Error::shape(op, format!("M divisible by group {group}"), m));
+        }
+        let mg = m / group;
+        let (kernel, data) = if mg < DIRECT_MAX_MG {
+            (None, w.to_vec())
+        } else {
+            let kern = Kernel::current();
+            let k = cg * kh * kw;
+            let packed_len = kern.packed_a_len(mg, k);
+            let mut data = vec![0.0; packed_len * group];
+            for (grp, dst) in data.chunks_exact_mut(packed_len).enumerate() {
+                kern.pack_a(&w[grp * mg * k..], k, mg, k, dst);
+            }
+            (Some(kern), data)
+        };
+        Ok(PackedConvWeights { shape: [m, cg, kh, kw], group, kernel, data })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// The weights a conv reads.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// [M, C/group, kH, kW] row-major.
+    Plain(&'a [f32]),
+    /// Packed by [`PackedConvWeights::new`] (checked to match the conv's shape and group).
+    Packed(&'a PackedConvWeights),
+}
+
 /// y = act(conv(x, w) + bias) for NCHW `x` of `x_shape` and weights [M, C/group, kH, kW].
 /// `bias` has M values when present; `out` has the [`conv2d_output_shape`] length.
 pub fn conv2d(
@@ -184,10 +238,39 @@ pub fn conv2d(
     p: &Conv2d,
     out: &mut [f32],
 ) -> Result<()> {
+    check_len("conv2d", "weights", w.len(), w_shape)?;
+    conv2d_with(x, x_shape, Weights::Plain(w), w_shape, bias, p, out)
+}
+
+/// [`conv2d`] with weights packed ahead of time.
+pub fn conv2d_packed(
+    x: &[f32],
+    x_shape: &[usize],
+    w: &PackedConvWeights,
+    bias: Option<&[f32]>,
+    p: &Conv2d,
+    out: &mut [f32],
+) -> Result<()> {
+    if w.group != p.group {
+        return Err(Error::InvalidArgument {
+            reason: format!("conv2d: weights packed for {} groups, conv has {}", w.group, p.group),
+        });
+    }
+    conv2d_with(x, x_shape, Weights::Packed(w), &w.shape, bias, p, out)
+}
+
+fn conv2d_with(
+    x: &[f32],
+    x_shape: &[usize],
+    w: Weights,
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    p: &Conv2d,
+    out: &mut [f32],
+) -> Result<()> {
     let op = "conv2d";
     let g = Geom::new(x_shape, w_shape, p)?;
     check_len(op, "input", x.len(), x_shape)?;
-    check_len(op, "weights", w.len(), w_shape)?;
     check_len(op, "output", out.len(), &[g.n, g.m, g.oh, g.ow])?;
     if let Some(b) = bias {
         if b.len() != g.m {
@@ -203,12 +286,31 @@ pub fn conv2d(
     if out.is_empty() {
         return Ok(());
     }
-    if g.mg < DIRECT_MAX_MG {
-        conv_direct(&g, x, w, bias, &p.activation, out);
-    } else {
-        conv_gemm(&g, x, w, bias, &p.activation, out);
-    }
+    // Packed weights of the same shape took the same path when they were packed: plain rows
+    // (kernel None) exactly when mg < DIRECT_MAX_MG.
+    let tiles = match w {
+        Weights::Plain(data) if g.mg >= DIRECT_MAX_MG => WeightTiles::Pack(data),
+        Weights::Packed(PackedConvWeights { kernel: Some(kern), data, .. }) => WeightTiles::Packed(*kern, data),
+        Weights::Plain(data) => {
+            conv_direct(&g, x, data, bias, &p.activation, out);
+            return Ok(());
+        }
+        Weights::Packed(PackedConvWeights { data, .. }) => {
+            conv_direct(&g, x, data, bias, &p.activation, out);
+            return Ok(());
+        }
+    };
+    conv_gemm(&g, x, tiles, bias, &p.activation, out);
     Ok(())
+}
+
+/// Where the GEMM path gets its register-tile weights.
+#[derive(Clone, Copy)]
+enum WeightTiles<'a> {
+    /// Plain rows, packed per call into scratch for the current kernel.
+    Pack(&'a [f32]),
+    /// Already packed, for this kernel.
+    Packed(Kernel, &'a [f32]),
 }
 
 /// Direct path: one output plane at a time over the phase planes (the same padded copy the
@@ -233,15 +335,8 @@ fn conv_direct(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: &Activ
             fill_offsets(g, &ph, table);
             let job =
                 DirectJob { g, ph, kern, src: if pointwise { x } else { &*prepared }, table: &*table, w, bias, act };
-            if workers <= 1 {
-                for (i, dst) in out.chunks_exact_mut(plane).enumerate() {
-                    job.plane(i, dst, &mut grids[..grid_len]);
-                }
-                return;
-            }
             let per = planes.div_ceil(item_count(workers, planes));
-            let items: Vec<_> = out.chunks_mut(per * plane).enumerate().collect();
-            run_parallel(items, grids.chunks_exact_mut(grid_len).collect(), |(i, chunk), grid| {
+            parallel_chunks(out, per * plane, workers, grids, grid_len, |i, chunk, grid| {
                 for (j, dst) in chunk.chunks_exact_mut(plane).enumerate() {
                     job.plane(i * per + j, dst, grid);
                 }
@@ -276,7 +371,7 @@ impl DirectJob<'_> {
         match self.kern {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Kernel::Avx2Fma exists only on CPUs that reported AVX2 and FMA.
-            Kernel::Avx2Fma => unsafe { taps_avx2(acc, taps, src, self.table) },
+            Kernel::Avx2Fma | Kernel::Avx512 => unsafe { taps_avx2(acc, taps, src, self.table) },
             _ => accumulate_taps(acc, taps, src, self.table),
         }
         for (row, out_row) in dst.chunks_exact_mut(g.ow).enumerate() {
@@ -347,24 +442,37 @@ impl Phases {
     }
 }
 
-/// GEMM paths: output rows split among workers, each doing every (batch, group) plane.
-fn conv_gemm(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: &Activation, out: &mut [f32]) {
-    let kern = Kernel::current();
+/// GEMM paths: the output is cut into (row band, channel range) pieces that workers take one at
+/// a time. Large maps split by rows alone; small maps (a 10 x 10 head, where a band of two rows
+/// is less than one 32-column tile) split the output channels instead, in whole register tiles.
+fn conv_gemm(g: &Geom, x: &[f32], w: WeightTiles, bias: Option<&[f32]>, act: &Activation, out: &mut [f32]) {
+    let kern = match w {
+        WeightTiles::Pack(_) => Kernel::current(),
+        WeightTiles::Packed(kern, _) => kern,
+    };
     let k = g.k();
     let ph = Phases::new(g);
     let pointwise = g.pointwise();
     let macs = g.n * g.m * g.oh * g.ow * k;
-    let workers = workers_for(macs, g.oh);
+    let workers = workers_for(macs, g.oh * g.mg);
     let prep_len = if pointwise { 0 } else { g.n * g.c * ph.channel() };
     let packed_len = kern.packed_a_len(g.mg, k);
+    let pack_len = if matches!(w, WeightTiles::Pack(_)) { packed_len * g.groups } else { 0 };
     let per_worker = k * NR_MAX;
+    let split = Split::new(g, &ph, kern.mr(), workers);
     with_offsets(k, |table| {
-        with_scratch(packed_len * g.groups + prep_len + per_worker * workers, |scratch| {
-            // The weights of every group, packed once and shared by the workers.
-            let (packed, rest) = scratch.split_at_mut(packed_len * g.groups);
-            for (grp, dst) in packed.chunks_exact_mut(packed_len).enumerate() {
-                kern.pack_a(&w[grp * g.mg * k..], k, g.mg, k, dst);
-            }
+        with_scratch(pack_len + prep_len + per_worker * workers, |scratch| {
+            let (packing, rest) = scratch.split_at_mut(pack_len);
+            let packed: &[f32] = match w {
+                WeightTiles::Packed(_, data) => data,
+                WeightTiles::Pack(plain) => {
+                    // The weights of every group, packed once and shared by the workers.
+                    for (grp, dst) in packing.chunks_exact_mut(packed_len).enumerate() {
+                        kern.pack_a(&plain[grp * g.mg * k..], k, g.mg, k, dst);
+                    }
+                    packing
+                }
+            };
             let (prepared, tails) = rest.split_at_mut(prep_len);
             if !pointwise {
                 prepare_phases(g, &ph, x, prepared, workers);
@@ -376,34 +484,60 @@ fn conv_gemm(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: &Activat
                 kern,
                 src: if pointwise { x } else { &*prepared },
                 table: &*table,
-                packed: &*packed,
+                packed,
                 bias,
                 act,
+                out: SharedMut::new(out),
             };
-            if workers <= 1 {
-                job.run(0..g.oh, &mut tails[..per_worker], &mut ConvOut::Whole(out));
-                return;
-            }
-            // Row bands of every output plane, handed out dynamically: disjoint &mut slices, built
-            // once per call (a few hundred pointers; the spawns allocate anyway).
-            let per = g.oh.div_ceil(item_count(workers, g.oh));
-            let bands: Vec<(usize, usize)> =
-                (0..g.oh.div_ceil(per)).map(|i| (i * per, ((i + 1) * per).min(g.oh))).collect();
-            let mut parts: Vec<Vec<&mut [f32]>> = bands.iter().map(|_| Vec::with_capacity(g.n * g.m)).collect();
-            for plane in out.chunks_exact_mut(g.oh * g.ow) {
-                let mut rest = plane;
-                for (part, &(a, b)) in parts.iter_mut().zip(&bands) {
-                    let (mine, next) = rest.split_at_mut((b - a) * g.ow);
-                    part.push(mine);
-                    rest = next;
-                }
-            }
-            let items: Vec<_> = bands.into_iter().zip(parts).collect();
-            run_parallel(items, tails.chunks_exact_mut(per_worker).collect(), |((a, b), mut rows), tail| {
-                job.run(a..b, tail, &mut ConvOut::Split { rows: &mut rows, start: a * g.ow })
+            parallel_for(split.items(), workers, tails, per_worker, |item, tail| {
+                let (rows, channels) = split.piece(item);
+                // SAFETY: the pieces of `split` are disjoint, and each item runs once.
+                unsafe { job.run(rows, channels, tail) }
             });
         })
     });
+}
+
+/// How a GEMM-path conv's output is cut into pieces: `bands` row bands of every output plane
+/// times `chunks` ranges of each group's output channels (whole MR-row tiles).
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    oh: usize,
+    mg: usize,
+    bands: usize,
+    chunks: usize,
+    rows_per_band: usize,
+    channels_per_chunk: usize,
+}
+
+/// Grid columns (pixels) a row band should have at least: a few 32-column register tiles, so
+/// the tile loop is not all edge.
+const MIN_BAND_COLUMNS: usize = 96;
+
+impl Split {
+    fn new(g: &Geom, ph: &Phases, mr: usize, workers: usize) -> Split {
+        let want = item_count(workers, g.oh * g.mg);
+        let bands = if workers <= 1 { 1 } else { want.min(g.oh).min((g.oh * ph.wq / MIN_BAND_COLUMNS).max(1)) };
+        let rows_per_band = g.oh.div_ceil(bands);
+        let bands = g.oh.div_ceil(rows_per_band);
+        let tiles = g.mg.div_ceil(mr);
+        let chunks = if workers <= 1 { 1 } else { want.div_ceil(bands).min(tiles) };
+        let channels_per_chunk = tiles.div_ceil(chunks) * mr;
+        let chunks = g.mg.div_ceil(channels_per_chunk);
+        Split { oh: g.oh, mg: g.mg, bands, chunks, rows_per_band, channels_per_chunk }
+    }
+
+    fn items(&self) -> usize {
+        self.bands * self.chunks
+    }
+
+    /// Output rows and per-group channels of piece `item`.
+    fn piece(&self, item: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (band, chunk) = (item / self.chunks, item % self.chunks);
+        let r0 = band * self.rows_per_band;
+        let c0 = chunk * self.channels_per_chunk;
+        (r0..(r0 + self.rows_per_band).min(self.oh), c0..(c0 + self.channels_per_chunk).min(self.mg))
+    }
 }
 
 /// Fills the phase planes of every (batch, channel): plane (pi, pj) of channel c holds
@@ -437,9 +571,7 @@ fn prepare_phases(g: &Geom, ph: &Phases, x: &[f32], dst: &mut [f32], workers: us
         return;
     }
     let per = channels.div_ceil(item_count(workers, channels));
-    let items: Vec<_> = dst.chunks_mut(per * ph.channel()).enumerate().collect();
-    let no_scratch = (0..workers).map(|_| &mut [][..]).collect();
-    run_parallel(items, no_scratch, |(i, chunk), _| fill(i * per, chunk));
+    parallel_chunks(dst, per * ph.channel(), workers, &mut [], 0, |i, chunk, _| fill(i * per, chunk));
 }
 
 /// What every worker of one GEMM-path conv shares.
@@ -455,31 +587,14 @@ struct ConvJob<'a> {
     packed: &'a [f32],
     bias: Option<&'a [f32]>,
     act: &'a Activation,
-}
-
-/// The output planes a worker writes.
-enum ConvOut<'a, 'b> {
-    /// All of `out`: plane p is `out[p * OH * OW..]`.
-    Whole(&'a mut [f32]),
-    /// Plane p's pixels `start..` are `rows[p]`.
-    Split { rows: &'a mut [&'b mut [f32]], start: usize },
-}
-
-impl ConvOut<'_, '_> {
-    /// Pixels `first..first + len` of output plane `p` (`pixels` per plane).
-    #[inline(always)]
-    fn plane(&mut self, p: usize, pixels: usize, first: usize, len: usize) -> &mut [f32] {
-        match self {
-            ConvOut::Whole(out) => &mut out[p * pixels + first..][..len],
-            ConvOut::Split { rows, start } => &mut rows[p][first - *start..][..len],
-        }
-    }
+    /// The [N, M, OH, OW] output, written piece by piece by the workers.
+    out: SharedMut<'a>,
 }
 
 /// GEMM destination: row i is output plane `plane0 + i`; column j is grid pixel `grid0 + j` of
 /// the OH x Wq grid, kept when its column is below OW.
-struct GridDest<'o, 'a, 'b> {
-    out: &'o mut ConvOut<'a, 'b>,
+struct GridDest<'o, 'a> {
+    out: &'o SharedMut<'a>,
     plane0: usize,
     grid0: usize,
     wq: usize,
@@ -489,7 +604,18 @@ struct GridDest<'o, 'a, 'b> {
     at: (usize, usize),
 }
 
-impl Dest for GridDest<'_, '_, '_> {
+impl GridDest<'_, '_> {
+    /// Writes `values` to pixels `first..` of output plane `plane0 + i`.
+    #[inline(always)]
+    fn store(&self, i: usize, first: usize, values: &[f32]) {
+        // SAFETY: a GridDest only exists inside `ConvJob::run`, whose caller owns the rows and
+        // channels it writes; the pixels lie in those rows.
+        let dst = unsafe { self.out.range((self.plane0 + i) * self.pixels + first, values.len()) };
+        dst.copy_from_slice(values);
+    }
+}
+
+impl Dest for GridDest<'_, '_> {
     #[inline(always)]
     fn panel(&mut self, j0: usize) {
         let p = self.grid0 + j0;
@@ -500,15 +626,14 @@ impl Dest for GridDest<'_, '_, '_> {
     fn put(&mut self, i: usize, j0: usize, values: &[f32]) {
         if self.wq == self.ow {
             // Pointwise: the grid is the output.
-            let p = self.grid0 + j0;
-            self.out.plane(self.plane0 + i, self.pixels, p, values.len()).copy_from_slice(values);
+            self.store(i, self.grid0 + j0, values);
             return;
         }
         let (mut r, mut q) = self.at;
         if q + values.len() <= self.ow {
             // The whole run lies in one output row (the common case): one copy, of a length
             // the compiler knows for full tiles.
-            self.out.plane(self.plane0 + i, self.pixels, r * self.ow + q, values.len()).copy_from_slice(values);
+            self.store(i, r * self.ow + q, values);
             return;
         }
         let mut v = values;
@@ -516,7 +641,7 @@ impl Dest for GridDest<'_, '_, '_> {
             let run = (self.wq - q).min(v.len());
             if q < self.ow {
                 let keep = run.min(self.ow - q);
-                self.out.plane(self.plane0 + i, self.pixels, r * self.ow + q, keep).copy_from_slice(&v[..keep]);
+                self.store(i, r * self.ow + q, &v[..keep]);
             }
             v = &v[run..];
             r += 1;
@@ -526,14 +651,24 @@ impl Dest for GridDest<'_, '_, '_> {
 }
 
 impl ConvJob<'_> {
-    /// Output rows `rows` of every (batch, group) plane, activation applied.
-    fn run(&self, rows: std::ops::Range<usize>, tail: &mut [f32], out: &mut ConvOut) {
+    /// Output rows `rows` of output channels `channels` (within each group) of every (batch,
+    /// group) plane, activation applied.
+    ///
+    /// # Safety
+    /// No other call may be running on an overlapping (rows, channels) piece: each writes its
+    /// piece of `out` through the shared pointer.
+    unsafe fn run(&self, rows: std::ops::Range<usize>, channels: std::ops::Range<usize>, tail: &mut [f32]) {
         let (g, ph, kern) = (self.g, self.ph, self.kern);
         let k = g.k();
         let pixels = g.oh * g.ow;
         let image = g.c * ph.channel();
         let group_in = g.cg * ph.channel();
         let packed_len = self.packed.len() / g.groups;
+        // `channels` starts on a register-tile boundary, so its packed rows are one slice.
+        let tile_rows = kern.mr();
+        debug_assert_eq!(channels.start % tile_rows, 0);
+        let a_start = channels.start / tile_rows * tile_rows * k;
+        let a_len = channels.len().div_ceil(tile_rows) * tile_rows * k;
         // Grid columns of these rows, from the first row's origin; the last row stops at OW, so
         // no read runs past the planes.
         let grid0 = rows.start * ph.wq;
@@ -541,24 +676,23 @@ impl ConvJob<'_> {
         let (first, len) = (rows.start * g.ow, rows.len() * g.ow);
         for n in 0..g.n {
             for grp in 0..g.groups {
-                let m0 = grp * g.mg;
+                let m0 = grp * g.mg + channels.start;
                 let plane0 = n * g.m + m0;
                 let args = GemmArgs {
-                    a: &self.packed[grp * packed_len..][..packed_len],
-                    m: g.mg,
+                    a: &self.packed[grp * packed_len + a_start..][..a_len],
+                    m: channels.len(),
                     k,
                     b: &self.src[n * image + grp * group_in + grid0..],
                     rows: Table(self.table),
                     n: n_cols,
-                    bias: self.bias.map(|b| &b[m0..m0 + g.mg]),
+                    bias: self.bias.map(|b| &b[m0..m0 + channels.len()]),
                 };
-                kern.gemm(
-                    args,
-                    tail,
-                    &mut GridDest { out: &mut *out, plane0, grid0, wq: ph.wq, ow: g.ow, pixels, at: (0, 0) },
-                );
-                for i in 0..g.mg {
-                    kern.activate(self.act, out.plane(plane0 + i, pixels, first, len), m0 + i);
+                let mut dest = GridDest { out: &self.out, plane0, grid0, wq: ph.wq, ow: g.ow, pixels, at: (0, 0) };
+                kern.gemm(args, tail, &mut dest);
+                for i in 0..channels.len() {
+                    // SAFETY: rows `rows` of this channel's plane are this call's (see above).
+                    let dst = unsafe { self.out.range((plane0 + i) * pixels + first, len) };
+                    kern.activate(self.act, dst, m0 + i);
                 }
             }
         }

@@ -8,48 +8,60 @@
 //! keeps in vector registers (checked in the generated code: no spills in the AVX2 6x16 or the
 //! SSE2 4x8 loop).
 //!
-//! The SIMD width is picked at run time: on x86_64 with AVX2 + FMA the kernel is compiled a
-//! second time under `#[target_feature]` (the crate is built for baseline x86_64, SSE2, as the
-//! design card asks: no `target-cpu=native`); elsewhere the portable instance runs (NEON is
-//! baseline on aarch64, with fused multiply-add). An op reads the choice once ([`Kernel`]) and
-//! uses it for packing and product alike.
+//! The SIMD width is picked at run time (the crate is built for baseline x86_64, SSE2, as the
+//! design card asks: no `target-cpu=native`):
+//! - AVX-512F: a 12 x 32 tile written with intrinsics (24 zmm accumulators, two B loads and
+//!   twelve broadcast FMAs per k step). Auto-vectorised code under `avx512f` did not get there:
+//!   LLVM kept the 512-bit accumulator arrays on the stack, so this one instance is explicit;
+//! - AVX2 + FMA: the portable 6 x 16 tile compiled a second time under `#[target_feature]`;
+//! - elsewhere the portable instance (NEON is baseline on aarch64, with fused multiply-add).
+//!
+//! An op reads the choice once ([`Kernel`]) and uses it for packing and product alike.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use super::math::fmadd;
 use super::Activation;
 
 /// Largest NR of any instance: callers size the tail scratch with it.
-pub(crate) const NR_MAX: usize = 16;
+pub(crate) const NR_MAX: usize = 32;
 
 /// One compiled instance of the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kernel {
+pub enum Kernel {
     /// SSE2 on x86_64 (4 x 8), NEON on aarch64 (6 x 16), plain scalar code elsewhere.
     Portable,
     /// 6 x 16: twelve 8-lane accumulators, two B loads and a broadcast in 16 registers.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// 12 x 32: twenty-four 16-lane accumulators of the 32 zmm registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
-static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// 0: no override; else 1 + the index in [`Kernel::ALL`] of the forced instance.
+    static FORCED: Cell<u8> = const { Cell::new(0) };
+}
 
-/// Makes the ops use the portable (baseline-ISA) kernels even where AVX2 is available, or back.
-/// For tests and for measuring what the wide kernels buy; results differ only by rounding.
-pub fn force_portable_kernels(on: bool) {
-    FORCE_PORTABLE.store(on, Ordering::Relaxed);
+/// Makes the ops called from this thread use `kernel` (one of [`Kernel::available`]) instead of
+/// the best the CPU has, or go back to the best with `None`. For tests (per thread, so tests
+/// running side by side do not race) and for measuring what the wide kernels buy; results
+/// differ only by rounding. A kernel the CPU lacks is ignored.
+pub fn force_kernel(kernel: Option<Kernel>) {
+    let code = match kernel {
+        Some(k) if Kernel::available().contains(&k) => {
+            1 + Kernel::ALL.iter().position(|&x| x == k).expect("ALL lists every kernel") as u8
+        }
+        _ => 0,
+    };
+    FORCED.with(|f| f.set(code));
 }
 
 /// Name of the kernel instance the ops use now (for benchmark reports).
 pub fn kernel_name() -> &'static str {
-    match Kernel::current() {
-        Kernel::Portable if cfg!(target_arch = "aarch64") => "neon-6x16",
-        Kernel::Portable => "portable-4x8",
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => "avx2-fma-6x16",
-    }
+    Kernel::current().name()
 }
 
 /// Where the k rows of B start in `GemmArgs::b`.
@@ -121,20 +133,50 @@ impl Dest for Strided<'_> {
 }
 
 impl Kernel {
-    /// The instance to use for this call.
-    pub(crate) fn current() -> Kernel {
-        static DETECTED: OnceLock<Kernel> = OnceLock::new();
-        let detected = *DETECTED.get_or_init(|| {
+    /// Every instance this build has, narrowest first.
+    const ALL: &'static [Kernel] = &[
+        Kernel::Portable,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512,
+    ];
+
+    /// The instances this CPU can run, narrowest first (the last is the default).
+    pub fn available() -> &'static [Kernel] {
+        static AVAILABLE: OnceLock<Vec<Kernel>> = OnceLock::new();
+        AVAILABLE.get_or_init(|| Kernel::ALL.iter().copied().filter(|k| k.supported()).collect())
+    }
+
+    fn supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Kernel::Avx2Fma;
+            Kernel::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
             }
-            Kernel::Portable
-        });
-        if FORCE_PORTABLE.load(Ordering::Relaxed) {
-            Kernel::Portable
-        } else {
-            detected
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => Kernel::Avx2Fma.supported() && std::arch::is_x86_feature_detected!("avx512f"),
+        }
+    }
+
+    /// The instance to use for a call from this thread.
+    pub fn current() -> Kernel {
+        match FORCED.with(Cell::get) {
+            0 => *Kernel::available().last().expect("the portable kernel is always available"),
+            code => Kernel::ALL[code as usize - 1],
+        }
+    }
+
+    /// Short name with the tile shape, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable if cfg!(target_arch = "aarch64") => "neon-6x16",
+            Kernel::Portable => "portable-4x8",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => "avx2-fma-6x16",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => "avx512-12x32",
         }
     }
 
@@ -145,6 +187,8 @@ impl Kernel {
             Kernel::Portable => 4,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => 6,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => AVX512_MR,
         }
     }
 
@@ -183,11 +227,15 @@ impl Kernel {
             // SAFETY: `Kernel::Avx2Fma` is only ever constructed after the CPU reported AVX2 and
             // FMA at run time, which is the whole contract of a `#[target_feature]` function.
             Kernel::Avx2Fma => unsafe { gemm_avx2(args, tail, dest) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Avx512` is only used once the CPU reported AVX-512F (and AVX2 +
+            // FMA) at run time.
+            Kernel::Avx512 => unsafe { gemm_avx512(args, tail, dest) },
             Kernel::Portable => {
                 if cfg!(target_arch = "aarch64") {
-                    gemm_tiles::<6, 16, true, R, D>(args, tail, dest)
+                    gemm_tiles::<6, 16, Auto<true>, R, D>(args, tail, dest)
                 } else {
-                    gemm_tiles::<4, 8, false, R, D>(args, tail, dest)
+                    gemm_tiles::<4, 8, Auto<false>, R, D>(args, tail, dest)
                 }
             }
         }
@@ -200,6 +248,9 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `gemm`: Avx2Fma exists only on CPUs with AVX2 and FMA.
             (Kernel::Avx2Fma, _) => unsafe { activate_avx2(act, data, channel) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx512 is used only on CPUs that reported AVX-512F, AVX2 and FMA.
+            (Kernel::Avx512, _) => unsafe { activate_avx512(act, data, channel) },
             _ if cfg!(target_arch = "aarch64") => act.apply_channel::<true>(data, channel),
             _ => act.apply_channel::<false>(data, channel),
         }
@@ -209,7 +260,13 @@ impl Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemm_avx2<R: BRows, D: Dest>(args: GemmArgs<R>, tail: &mut [f32], dest: &mut D) {
-    gemm_tiles::<6, 16, true, R, D>(args, tail, dest)
+    gemm_tiles::<6, 16, Auto<true>, R, D>(args, tail, dest)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm_avx512<R: BRows, D: Dest>(args: GemmArgs<R>, tail: &mut [f32], dest: &mut D) {
+    gemm_tiles::<AVX512_MR, 32, Avx512Tile, R, D>(args, tail, dest)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -218,34 +275,120 @@ unsafe fn activate_avx2(act: &Activation, data: &mut [f32], channel: usize) {
     act.apply_channel::<true>(data, channel)
 }
 
-/// Register tile: MR rows of one packed block of A (k x AS, AS >= MR: the packing's row count)
-/// against NR columns of B (rows at `offsets`, plus `col`) over all of k.
-#[inline(always)]
-fn kernel<const MR: usize, const AS: usize, const NR: usize, const FMA: bool>(
+/// The same loops at 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn activate_avx512(act: &Activation, data: &mut [f32], channel: usize) {
+    act.apply_channel::<true>(data, channel)
+}
+
+/// One register-tile product: ROWS rows of a packed block of A (k x AS, AS >= ROWS: the
+/// packing's row count) against NR columns of B (rows at `offsets`, plus `col`) over all of k,
+/// each sum starting from `init`.
+trait TileKernel<const NR: usize> {
+    fn tile<const ROWS: usize, const AS: usize>(
+        a: &[f32],
+        b: &[f32],
+        offsets: impl Iterator<Item = usize>,
+        col: usize,
+        init: [f32; ROWS],
+    ) -> [[f32; NR]; ROWS];
+}
+
+/// Plain loops over fixed-size arrays, which LLVM vectorises for the target it is inlined into
+/// (fused multiply-adds when `FMA`).
+struct Auto<const FMA: bool>;
+
+impl<const NR: usize, const FMA: bool> TileKernel<NR> for Auto<FMA> {
+    #[inline(always)]
+    fn tile<const ROWS: usize, const AS: usize>(
+        a: &[f32],
+        b: &[f32],
+        offsets: impl Iterator<Item = usize>,
+        col: usize,
+        init: [f32; ROWS],
+    ) -> [[f32; NR]; ROWS] {
+        let mut acc = [[0f32; NR]; ROWS];
+        for i in 0..ROWS {
+            acc[i] = [init[i]; NR];
+        }
+        for (av, off) in a.chunks_exact(AS).zip(offsets) {
+            let off = off + col;
+            let brow: &[f32; NR] = b[off..off + NR].try_into().expect("slice of NR values");
+            for i in 0..ROWS {
+                for j in 0..NR {
+                    acc[i][j] = fmadd::<FMA>(av[i], brow[j], acc[i][j]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Rows of the AVX-512 tile.
+#[cfg(target_arch = "x86_64")]
+const AVX512_MR: usize = 12;
+
+/// The AVX-512F instance: each row's 32 columns are two zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Tile;
+
+#[cfg(target_arch = "x86_64")]
+impl TileKernel<32> for Avx512Tile {
+    #[inline(always)]
+    fn tile<const ROWS: usize, const AS: usize>(
+        a: &[f32],
+        b: &[f32],
+        offsets: impl Iterator<Item = usize>,
+        col: usize,
+        init: [f32; ROWS],
+    ) -> [[f32; 32]; ROWS] {
+        // SAFETY: this impl is only instantiated by `gemm_avx512`, which runs on CPUs that
+        // reported AVX-512F.
+        unsafe { avx512_tile::<ROWS, AS>(a, b, offsets, col, init) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_tile<const ROWS: usize, const AS: usize>(
     a: &[f32],
     b: &[f32],
     offsets: impl Iterator<Item = usize>,
     col: usize,
-    init: [f32; MR],
-) -> [[f32; NR]; MR] {
-    let mut acc = [[0f32; NR]; MR];
-    for i in 0..MR {
-        acc[i] = [init[i]; NR];
+    init: [f32; ROWS],
+) -> [[f32; 32]; ROWS] {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_setzero_ps(); ROWS];
+    let mut hi = [_mm512_setzero_ps(); ROWS];
+    for i in 0..ROWS {
+        lo[i] = _mm512_set1_ps(init[i]);
+        hi[i] = lo[i];
     }
     for (av, off) in a.chunks_exact(AS).zip(offsets) {
-        let off = off + col;
-        let brow: &[f32; NR] = b[off..off + NR].try_into().expect("slice of NR values");
-        for i in 0..MR {
-            for j in 0..NR {
-                acc[i][j] = fmadd::<FMA>(av[i], brow[j], acc[i][j]);
-            }
+        let brow = &b[off + col..off + col + 32];
+        // SAFETY: `brow` holds 32 floats: two unaligned 16-float loads.
+        let (b0, b1) = unsafe { (_mm512_loadu_ps(brow.as_ptr()), _mm512_loadu_ps(brow.as_ptr().add(16))) };
+        for i in 0..ROWS {
+            let ai = _mm512_set1_ps(av[i]);
+            lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
         }
     }
-    acc
+    let mut out = [[0f32; 32]; ROWS];
+    for i in 0..ROWS {
+        // SAFETY: each output row holds 32 floats.
+        unsafe {
+            _mm512_storeu_ps(out[i].as_mut_ptr(), lo[i]);
+            _mm512_storeu_ps(out[i].as_mut_ptr().add(16), hi[i]);
+        }
+    }
+    out
 }
 
 #[inline(always)]
-fn gemm_tiles<const MR: usize, const NR: usize, const FMA: bool, R: BRows, D: Dest>(
+fn gemm_tiles<const MR: usize, const NR: usize, T: TileKernel<NR>, R: BRows, D: Dest>(
     args: GemmArgs<R>,
     tail: &mut [f32],
     dest: &mut D,
@@ -277,7 +420,7 @@ fn gemm_tiles<const MR: usize, const NR: usize, const FMA: bool, R: BRows, D: De
         dest.panel(j0);
         for (blk, block) in blocks() {
             let i0 = blk * MR;
-            tile::<MR, NR, FMA, D>(dest, block, b, rows.offsets(), j0, i0, m - i0, init(i0), j0, NR);
+            tile::<MR, NR, T, D>(dest, block, b, rows.offsets(), j0, i0, m - i0, init(i0), j0, NR);
         }
         j0 += NR;
     }
@@ -293,17 +436,17 @@ fn gemm_tiles<const MR: usize, const NR: usize, const FMA: bool, R: BRows, D: De
         dest.panel(full);
         for (blk, block) in blocks() {
             let i0 = blk * MR;
-            tile::<MR, NR, FMA, D>(dest, block, t, Ld { ld: NR, k }.offsets(), 0, i0, m - i0, init(i0), full, valid);
+            tile::<MR, NR, T, D>(dest, block, t, Ld { ld: NR, k }.offsets(), 0, i0, m - i0, init(i0), full, valid);
         }
     }
 }
 
 /// One register tile of a packed block against the panel at `col` of (b, offsets), handed to
-/// `dest` as rows i0.. and columns j0..j0 + valid. A last block of at most 4 rows runs a 4-row
-/// kernel (channel counts are multiples of 4 or 8; MR may be 6).
+/// `dest` as rows i0.. and columns j0..j0 + valid. A last block of at most 4 (or 8) rows runs a
+/// 4-row (8-row) kernel: channel counts are multiples of 4 or 8, and MR may be 6 or 12.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<const MR: usize, const NR: usize, const FMA: bool, D: Dest>(
+fn tile<const MR: usize, const NR: usize, T: TileKernel<NR>, D: Dest>(
     dest: &mut D,
     block: &[f32],
     b: &[f32],
@@ -316,11 +459,13 @@ fn tile<const MR: usize, const NR: usize, const FMA: bool, D: Dest>(
     valid: usize,
 ) {
     if MR > 4 && rows_left <= 4 {
-        let init4: [f32; 4] = std::array::from_fn(|i| init[i]);
-        let acc = kernel::<4, MR, NR, FMA>(block, b, offsets, col, init4);
+        let acc = T::tile::<4, MR>(block, b, offsets, col, std::array::from_fn(|i| init[i]));
+        put_rows(dest, &acc, i0, rows_left, j0, valid);
+    } else if MR > 8 && rows_left <= 8 {
+        let acc = T::tile::<8, MR>(block, b, offsets, col, std::array::from_fn(|i| init[i]));
         put_rows(dest, &acc, i0, rows_left, j0, valid);
     } else {
-        let acc = kernel::<MR, MR, NR, FMA>(block, b, offsets, col, init);
+        let acc = T::tile::<MR, MR>(block, b, offsets, col, init);
         put_rows(dest, &acc, i0, rows_left.min(MR), j0, valid);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::gemm::{with_scratch, GemmArgs, Kernel, Ld, Strided, NR_MAX};
 use super::{
-    broadcast_into, check_len, check_rank, item_count, numel, run_parallel, strides_of, workers_for, MAX_RANK,
+    broadcast_into, check_len, check_rank, item_count, numel, parallel_chunks, strides_of, workers_for, MAX_RANK,
 };
 use crate::error::{Error, Result};
 
@@ -151,8 +151,7 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
                 return;
             }
             let per = rows.div_ceil(item_count(workers, rows));
-            let items: Vec<_> = out.chunks_mut(per * n).enumerate().collect();
-            run_parallel(items, scratch.chunks_exact_mut(per_worker).collect(), |(i, dst), sc| {
+            parallel_chunks(out, per * n, workers, scratch, per_worker, |i, dst, sc| {
                 let count = dst.len() / n;
                 product_rows(kern, &a[i * per * k..][..count * k], count, k, b, n, n, dst, sc)
             });
@@ -169,8 +168,7 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
             return;
         }
         let per = groups.div_ceil(item_count(workers, groups));
-        let items: Vec<_> = out.chunks_mut(per * mat_o).enumerate().collect();
-        run_parallel(items, scratch.chunks_exact_mut(per_worker).collect(), |(i, chunk), sc| run(i * per, chunk, sc));
+        parallel_chunks(out, per * mat_o, workers, scratch, per_worker, |i, chunk, sc| run(i * per, chunk, sc));
     });
     Ok(())
 }
@@ -226,9 +224,7 @@ pub fn linear(
                 continue;
             }
             let per = nf.div_ceil(item_count(workers, nf));
-            let items: Vec<_> = dst.chunks_mut(per).enumerate().collect();
-            let no_scratch = (0..workers).map(|_| &mut [][..]).collect();
-            run_parallel(items, no_scratch, |(i, d), _| run(i * per, d));
+            parallel_chunks(dst, per, workers, &mut [], 0, |i, d, _| run(i * per, d));
         }
         return Ok(());
     }
@@ -280,8 +276,7 @@ pub fn linear(
             return;
         }
         let per = m.div_ceil(item_count(workers, m));
-        let items: Vec<_> = out.chunks_mut(per * nf).enumerate().collect();
-        run_parallel(items, scratch.chunks_exact_mut(per_worker).collect(), |(i, dst), sc| {
+        parallel_chunks(out, per * nf, workers, scratch, per_worker, |i, dst, sc| {
             let rows = dst.len() / nf;
             run(&x[i * per * k..][..rows * k], rows, dst, sc)
         });

@@ -5,15 +5,15 @@
 //! - tensors are f32, row-major (NCHW for images), passed as a slice plus its shape;
 //! - outputs go to caller-provided slices (the executor plans all activation memory), and the op
 //!   checks every length against the shapes first: a wrong shape is an [`Error`], never a panic;
-//! - ops do not allocate on the calling thread once warm: [`conv2d`], [`matmul`] and [`linear`]
-//!   keep a per-thread scratch buffer (packed weights, phase planes, GEMM tails) that grows to
-//!   the largest layer once and is then reused. The exception: above [`PARALLEL_MACS`] an op
-//!   splits its work over the persistent worker pool (`workers.rs`, up to [`max_threads`]), and
-//!   the split itself (the work-item and scratch lists) still allocates a little per call; an
-//!   executor that must not allocate calls [`set_max_threads`]`(1)`;
-//! - the GEMM-based ops pick their SIMD kernel at run time (AVX2 + FMA on x86_64 when the CPU
-//!   has it, else the baseline build; NEON on aarch64): [`kernel_name`] says which,
-//!   [`force_portable_kernels`] pins the baseline for tests and comparisons;
+//! - ops do not allocate once warm, on any thread: [`conv2d`], [`matmul`] and [`linear`] keep a
+//!   per-thread scratch buffer (packed weights, phase planes, GEMM tails) that grows to the
+//!   largest layer once and is then reused. Above [`PARALLEL_MACS`] an op splits its work over
+//!   the persistent worker pool (`workers.rs`, up to [`max_threads`]) by item index: workers
+//!   take indices from an atomic counter and write disjoint parts of the output
+//!   ([`SharedMut`]), so no work list is built per call;
+//! - the GEMM-based ops pick their SIMD kernel at run time (AVX-512F, else AVX2 + FMA on x86_64
+//!   when the CPU has it, else the baseline build; NEON on aarch64): [`kernel_name`] says which,
+//!   [`force_kernel`] pins one of [`CpuKernel::available`] for tests and comparisons;
 //! - every op has a plain float64 twin in `tests/ops_cpu.rs` that states the math in the simplest
 //!   loops, and a random-shape test that holds the op to it within [`crate::tol::Tol::F32`].
 //!
@@ -50,9 +50,9 @@ pub use activation::{
     activation, activation_inplace, clipped_relu, clipped_relu_inplace, elu, elu_inplace, gelu, gelu_inplace, relu,
     relu_inplace, sigmoid, sigmoid_inplace, silu, silu_inplace, Activation, ClipThreshold,
 };
-pub use conv::{conv2d, conv2d_output_shape, Conv2d};
+pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};
-pub use gemm::{force_portable_kernels, kernel_name};
+pub use gemm::{force_kernel, kernel_name, Kernel as CpuKernel};
 pub use matmul::{linear, matmul, matmul_output_shape};
 pub use norm::layer_norm;
 pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, pool2d_output_shape, Pool2d};
@@ -168,32 +168,119 @@ pub fn max_threads() -> usize {
 /// microseconds, which a smaller op does not repay.
 pub const PARALLEL_MACS: usize = 1 << 21;
 
-/// Runs `work(item, scratch)` for every item on the calling thread and `scratches.len() - 1`
-/// pool helpers (helper i uses `scratches[i + 1]`). Items are handed out one at a time from a
-/// shared queue, so a helper that starts late (a busy core, a slow wake-up) takes fewer items
-/// instead of holding the op up: the caller alone finishes whatever is left.
-pub(crate) fn run_parallel<T: Send>(items: Vec<T>, scratches: Vec<&mut [f32]>, work: impl Fn(T, &mut [f32]) + Sync) {
-    let queue = std::sync::Mutex::new(items.into_iter());
-    let drain = |scratch: &mut [f32]| loop {
-        // A poisoned lock means another worker panicked; the pool re-raises that panic.
-        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-        match next {
-            Some(item) => work(item, scratch),
-            None => break,
+/// 0: use [`PARALLEL_MACS`].
+static PARALLEL_THRESHOLD: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the work (multiply-adds) from which an op splits over the worker pool; 0 restores
+/// [`PARALLEL_MACS`]. A board with slow wake-ups may want it higher; tests set it low to run the
+/// threaded paths on small models.
+pub fn set_parallel_threshold(macs: usize) {
+    PARALLEL_THRESHOLD.store(macs, Ordering::Relaxed);
+}
+
+/// A mutable slice that several workers write at once, each to its own part. The parts are not
+/// split up front (that would allocate a list per call); instead every accessor is `unsafe` and
+/// its caller promises that no two live borrows overlap.
+pub(crate) struct SharedMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `SharedMut` is a `&mut [f32]` handed to several threads; the disjointness its
+// accessors demand makes that as safe as sending disjoint `&mut` sub-slices.
+unsafe impl Send for SharedMut<'_> {}
+unsafe impl Sync for SharedMut<'_> {}
+
+impl<'a> SharedMut<'a> {
+    pub(crate) fn new(data: &'a mut [f32]) -> SharedMut<'a> {
+        SharedMut { ptr: data.as_mut_ptr(), len: data.len(), _borrow: std::marker::PhantomData }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Elements `start..start + len` (bounds checked).
+    ///
+    /// # Safety
+    /// No other borrow of an overlapping range, from this or another thread, may be live while
+    /// the returned one is.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(start <= self.len && len <= self.len - start, "range {start}+{len} of {}", self.len);
+        // SAFETY: in bounds (checked above) of a slice borrowed mutably for 'a; exclusivity is
+        // the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+static PARALLEL_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many op calls have split their work over the worker pool so far (for tests that must know
+/// the threaded paths ran, and for profiling).
+pub fn parallel_runs() -> usize {
+    PARALLEL_RUNS.load(Ordering::Relaxed)
+}
+
+/// Runs `work(item, scratch)` for every item in `0..items` on the calling thread and up to
+/// `workers - 1` pool helpers; worker w works in `scratch[w * per_worker..][..per_worker]`
+/// (`scratch` holds `workers * per_worker` floats). Items are handed out one at a time from an
+/// atomic counter, so a helper that starts late (a busy core, a slow wake-up) takes fewer items
+/// instead of holding the op up: the caller alone finishes whatever is left. Nothing is
+/// allocated.
+pub(crate) fn parallel_for(
+    items: usize,
+    workers: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    work: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let workers = workers.clamp(1, items.max(1));
+    assert!(scratch.len() >= workers * per_worker, "scratch for {workers} workers");
+    if workers == 1 {
+        (0..items).for_each(|i| work(i, &mut scratch[..per_worker]));
+        return;
+    }
+    PARALLEL_RUNS.fetch_add(1, Ordering::Relaxed);
+    let next = AtomicUsize::new(0);
+    let scratch = SharedMut::new(scratch);
+    let drain = |w: usize| {
+        // SAFETY: worker w (the caller is 0, helper h is h + 1) is the only user of piece w:
+        // the pool calls each helper index once per job.
+        let mine = unsafe { scratch.range(w * per_worker, per_worker) };
+        loop {
+            let item = next.fetch_add(1, Ordering::Relaxed);
+            if item >= items {
+                break;
+            }
+            work(item, mine);
         }
     };
-    let mut scratches = scratches.into_iter();
-    let Some(own) = scratches.next() else { return };
-    // Helper i takes scratch i: each slot is taken exactly once.
-    let helper_scratch: Vec<std::sync::Mutex<Option<&mut [f32]>>> =
-        scratches.map(|s| std::sync::Mutex::new(Some(s))).collect();
-    let job = |i: usize| {
-        let scratch = helper_scratch[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(scratch) = scratch {
-            drain(scratch);
-        }
-    };
-    workers::Pool::global().run(helper_scratch.len(), &job, || drain(own));
+    let helper = |h: usize| drain(h + 1);
+    workers::Pool::global().run(workers - 1, &helper, || drain(0));
+}
+
+/// [`parallel_for`] over the `chunk`-float pieces of `out` (the last may be shorter): `work`
+/// gets the piece's index, the piece and the worker's scratch.
+pub(crate) fn parallel_chunks(
+    out: &mut [f32],
+    chunk: usize,
+    workers: usize,
+    scratch: &mut [f32],
+    per_worker: usize,
+    work: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let items = out.len().div_ceil(chunk);
+    let out = SharedMut::new(out);
+    parallel_for(items, workers, scratch, per_worker, |i, sc| {
+        let start = i * chunk;
+        // SAFETY: item i is run once, and piece i is disjoint from every other piece.
+        let piece = unsafe { out.range(start, chunk.min(out.len() - start)) };
+        work(i, piece, sc)
+    });
 }
 
 /// The persistent worker pool the ops run on (also used by the weight-format GEMV).
@@ -208,7 +295,11 @@ pub(crate) fn item_count(workers: usize, units: usize) -> usize {
 
 /// Workers worth using for `work` multiply-adds (or element operations), at most `units`.
 pub(crate) fn workers_for(work: usize, units: usize) -> usize {
-    if work < PARALLEL_MACS {
+    let threshold = match PARALLEL_THRESHOLD.load(Ordering::Relaxed) {
+        0 => PARALLEL_MACS,
+        t => t,
+    };
+    if work < threshold {
         1
     } else {
         max_threads().min(units).max(1)

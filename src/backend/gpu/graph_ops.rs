@@ -314,7 +314,7 @@ impl Layout<'_> {
 }
 
 fn check_view(op: &'static str, what: &str, v: &GpuView) -> Result<()> {
-    if v.offset % 4 != 0 {
+    if !v.offset.is_multiple_of(4) {
         return Err(Error::InvalidArgument {
             reason: format!("{op}: {what} at byte offset {} is not 4-byte aligned", v.offset),
         });
