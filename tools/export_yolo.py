@@ -85,6 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--exporter", choices=("auto", "ultralytics", "torch"), default="auto",
                    help="YOLO only: ultralytics Exporter, torch.onnx.export, or ultralytics then torch (default)")
     p.add_argument("--name", default="model", help="ONNX file stem (default model -> model.onnx)")
+    p.add_argument("--torchscript", action="store_true",
+                   help="also save <name>.ts: the eval model (BN fused) traced with torch.jit.trace, weights "
+                        "stored fp16 to halve the file, so a machine without ultralytics can time PyTorch on it "
+                        "(tools/torch_yolo_ref.py casts to each precision it times)")
     p.add_argument("--out", required=True, help="output directory (created; existing files are overwritten)")
     return p.parse_args(argv)
 
@@ -220,6 +224,29 @@ def export_yolo_torch(model, args, onnx_path):
     onnx.save(mo, onnx_path)
 
 
+def save_torchscript(model, args, path):
+    """The model as exported (eval, BN fused for YOLO), traced for batch 1 at --imgsz."""
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad = False
+    if not args.torchvision:
+        m = m.fuse()
+    im = torch.zeros(1, 3, args.imgsz, args.imgsz)
+
+    class FirstOutput(torch.nn.Module):  # ultralytics eval returns (decoded, raw): keep the tensor
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            y = self.inner(x)
+            return y[0] if isinstance(y, (tuple, list)) else y
+
+    with torch.no_grad():
+        traced = torch.jit.trace(FirstOutput(m), im, check_trace=False)
+    traced.half().save(str(path))
+
+
 # -------------------------------------------------------------------------------------- torchvision
 
 
@@ -320,6 +347,8 @@ def main(argv=None):
         export_yolo_torch(model, args, onnx_path)
         exporter = "torch.onnx.export"
     strip_date(onnx_path)
+    if args.torchscript:
+        save_torchscript(model, args, out / f"{args.name}.ts")
 
     mo = onnx.load(onnx_path)
     onnx.checker.check_model(mo)

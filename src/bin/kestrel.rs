@@ -515,7 +515,9 @@ fn bench_model_cmd(
         let mut slow = steps.clone();
         slow.sort_by(|a, b| b.2.total_cmp(&a.2));
         eprintln!("slowest nodes:");
-        for (name, op, t) in slow.iter().take(8) {
+        for (name, op, t) in
+            slow.iter().take(std::env::var("KESTREL_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(8))
+        {
             eprintln!("  {:>8.3} ms/run  {op:<12} {name}", t * 1e3 / runs as f64);
         }
     }

@@ -443,8 +443,7 @@ impl Phases {
 }
 
 /// GEMM paths: the output is cut into (row band, channel range) pieces that workers take one at
-/// a time. Large maps split by rows alone; small maps (a 10 x 10 head, where a band of two rows
-/// is less than one 32-column tile) split the output channels instead, in whole register tiles.
+/// a time (see [`Split`]).
 fn conv_gemm(g: &Geom, x: &[f32], w: WeightTiles, bias: Option<&[f32]>, act: &Activation, out: &mut [f32]) {
     let kern = match w {
         WeightTiles::Pack(_) => Kernel::current(),
@@ -459,7 +458,7 @@ fn conv_gemm(g: &Geom, x: &[f32], w: WeightTiles, bias: Option<&[f32]>, act: &Ac
     let packed_len = kern.packed_a_len(g.mg, k);
     let pack_len = if matches!(w, WeightTiles::Pack(_)) { packed_len * g.groups } else { 0 };
     let per_worker = k * NR_MAX;
-    let split = Split::new(g, &ph, kern.mr(), workers);
+    let split = Split::new(g, &ph, kern, workers);
     with_offsets(k, |table| {
         with_scratch(pack_len + prep_len + per_worker * workers, |scratch| {
             let (packing, rest) = scratch.split_at_mut(pack_len);
@@ -490,53 +489,66 @@ fn conv_gemm(g: &Geom, x: &[f32], w: WeightTiles, bias: Option<&[f32]>, act: &Ac
                 out: SharedMut::new(out),
             };
             parallel_for(split.items(), workers, tails, per_worker, |item, tail| {
-                let (rows, channels) = split.piece(item);
+                let (cols, channels) = split.piece(item);
                 // SAFETY: the pieces of `split` are disjoint, and each item runs once.
-                unsafe { job.run(rows, channels, tail) }
+                unsafe { job.run(cols, channels, tail) }
             });
         })
     });
 }
 
-/// How a GEMM-path conv's output is cut into pieces: `bands` row bands of every output plane
-/// times `chunks` ranges of each group's output channels (whole MR-row tiles).
+/// How a GEMM-path conv's output is cut into pieces: `ranges` ranges of grid columns (whole
+/// register-tile panels of NR columns) times `chunks` ranges of each group's output channels
+/// (whole MR-row tiles).
+///
+/// Column ranges come first: a piece then runs every weight tile against each of its B panels
+/// while the panel is in L1, and reads the packed weights in order, which the prefetcher
+/// follows. Channel ranges make every piece fetch the whole of B again, whose rows are scattered
+/// (one per tap), so they are used only when a small map has too few panels to go round.
 #[derive(Clone, Copy, Debug)]
 struct Split {
-    oh: usize,
+    cols: usize,
     mg: usize,
-    bands: usize,
+    ranges: usize,
     chunks: usize,
-    rows_per_band: usize,
+    cols_per_range: usize,
     channels_per_chunk: usize,
 }
 
-/// Grid columns (pixels) a row band should have at least: a few 32-column register tiles, so
-/// the tile loop is not all edge.
-const MIN_BAND_COLUMNS: usize = 96;
-
 impl Split {
-    fn new(g: &Geom, ph: &Phases, mr: usize, workers: usize) -> Split {
-        let want = item_count(workers, g.oh * g.mg);
-        let bands = if workers <= 1 { 1 } else { want.min(g.oh).min((g.oh * ph.wq / MIN_BAND_COLUMNS).max(1)) };
-        let rows_per_band = g.oh.div_ceil(bands);
-        let bands = g.oh.div_ceil(rows_per_band);
-        let tiles = g.mg.div_ceil(mr);
-        let chunks = if workers <= 1 { 1 } else { want.div_ceil(bands).min(tiles) };
-        let channels_per_chunk = tiles.div_ceil(chunks) * mr;
-        let chunks = g.mg.div_ceil(channels_per_chunk);
-        Split { oh: g.oh, mg: g.mg, bands, chunks, rows_per_band, channels_per_chunk }
+    fn new(g: &Geom, ph: &Phases, kern: Kernel, workers: usize) -> Split {
+        let cols = (g.oh - 1) * ph.wq + g.ow;
+        let panels = cols.div_ceil(kern.nr());
+        let tiles = g.mg.div_ceil(kern.mr());
+        let want = item_count(workers, panels * tiles);
+        let (ranges, chunks) = if workers <= 1 {
+            (1, 1)
+        } else if panels >= 2 * workers {
+            (panels.min(want), 1)
+        } else {
+            (panels, tiles.min(want.div_ceil(panels)))
+        };
+        let cols_per_range = panels.div_ceil(ranges) * kern.nr();
+        let channels_per_chunk = tiles.div_ceil(chunks) * kern.mr();
+        Split {
+            cols,
+            mg: g.mg,
+            ranges: cols.div_ceil(cols_per_range),
+            chunks: g.mg.div_ceil(channels_per_chunk),
+            cols_per_range,
+            channels_per_chunk,
+        }
     }
 
     fn items(&self) -> usize {
-        self.bands * self.chunks
+        self.ranges * self.chunks
     }
 
-    /// Output rows and per-group channels of piece `item`.
+    /// Grid columns and per-group channels of piece `item`.
     fn piece(&self, item: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let (band, chunk) = (item / self.chunks, item % self.chunks);
-        let r0 = band * self.rows_per_band;
-        let c0 = chunk * self.channels_per_chunk;
-        (r0..(r0 + self.rows_per_band).min(self.oh), c0..(c0 + self.channels_per_chunk).min(self.mg))
+        let (range, chunk) = (item / self.chunks, item % self.chunks);
+        let (j0, c0) = (range * self.cols_per_range, chunk * self.channels_per_chunk);
+        (j0..(j0 + self.cols_per_range).min(self.cols), c0..(c0 + self.channels_per_chunk).min(self.mg))
     }
 }
 
@@ -651,13 +663,13 @@ impl Dest for GridDest<'_, '_> {
 }
 
 impl ConvJob<'_> {
-    /// Output rows `rows` of output channels `channels` (within each group) of every (batch,
-    /// group) plane, activation applied.
+    /// Grid columns `cols` (of the OH x Wq grid; the output pixels among them) of output channels
+    /// `channels` (within each group) of every (batch, group) plane, activation applied.
     ///
     /// # Safety
-    /// No other call may be running on an overlapping (rows, channels) piece: each writes its
+    /// No other call may be running on an overlapping (columns, channels) piece: each writes its
     /// piece of `out` through the shared pointer.
-    unsafe fn run(&self, rows: std::ops::Range<usize>, channels: std::ops::Range<usize>, tail: &mut [f32]) {
+    unsafe fn run(&self, cols: std::ops::Range<usize>, channels: std::ops::Range<usize>, tail: &mut [f32]) {
         let (g, ph, kern) = (self.g, self.ph, self.kern);
         let k = g.k();
         let pixels = g.oh * g.ow;
@@ -669,11 +681,10 @@ impl ConvJob<'_> {
         debug_assert_eq!(channels.start % tile_rows, 0);
         let a_start = channels.start / tile_rows * tile_rows * k;
         let a_len = channels.len().div_ceil(tile_rows) * tile_rows * k;
-        // Grid columns of these rows, from the first row's origin; the last row stops at OW, so
-        // no read runs past the planes.
-        let grid0 = rows.start * ph.wq;
-        let n_cols = (rows.len() - 1) * ph.wq + g.ow;
-        let (first, len) = (rows.start * g.ow, rows.len() * g.ow);
+        // The output pixels of grid columns `cols`: one run, as the grid's pad columns (q >= OW)
+        // map to no pixel.
+        let pixel = |c: usize| c / ph.wq * g.ow + (c % ph.wq).min(g.ow);
+        let (first, len) = (pixel(cols.start), pixel(cols.end) - pixel(cols.start));
         for n in 0..g.n {
             for grp in 0..g.groups {
                 let m0 = grp * g.mg + channels.start;
@@ -682,15 +693,16 @@ impl ConvJob<'_> {
                     a: &self.packed[grp * packed_len + a_start..][..a_len],
                     m: channels.len(),
                     k,
-                    b: &self.src[n * image + grp * group_in + grid0..],
+                    b: &self.src[n * image + grp * group_in + cols.start..],
                     rows: Table(self.table),
-                    n: n_cols,
+                    n: cols.len(),
                     bias: self.bias.map(|b| &b[m0..m0 + channels.len()]),
                 };
-                let mut dest = GridDest { out: &self.out, plane0, grid0, wq: ph.wq, ow: g.ow, pixels, at: (0, 0) };
+                let mut dest =
+                    GridDest { out: &self.out, plane0, grid0: cols.start, wq: ph.wq, ow: g.ow, pixels, at: (0, 0) };
                 kern.gemm(args, tail, &mut dest);
                 for i in 0..channels.len() {
-                    // SAFETY: rows `rows` of this channel's plane are this call's (see above).
+                    // SAFETY: these pixels of this channel's plane are this call's (see above).
                     let dst = unsafe { self.out.range((plane0 + i) * pixels + first, len) };
                     kern.activate(self.act, dst, m0 + i);
                 }

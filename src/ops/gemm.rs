@@ -192,6 +192,18 @@ impl Kernel {
         }
     }
 
+    /// Columns per register tile.
+    pub(crate) fn nr(self) -> usize {
+        match self {
+            Kernel::Portable if cfg!(target_arch = "aarch64") => 16,
+            Kernel::Portable => 8,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => 16,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => 32,
+        }
+    }
+
     /// Floats of packed A for m rows of k values.
     pub(crate) fn packed_a_len(self, m: usize, k: usize) -> usize {
         m.div_ceil(self.mr()) * self.mr() * k

@@ -8,7 +8,7 @@
 //!             start in the end padding (ONNX opset 19+ note, PyTorch and ONNX Runtime behaviour)
 //! ```
 
-use super::gemm::with_scratch;
+use super::gemm::{with_offsets, with_scratch};
 use super::{check_len, numel};
 use crate::error::{Error, Result};
 
@@ -230,33 +230,43 @@ pub fn max_pool2d(x: &[f32], x_shape: &[usize], p: &Pool2d, out: &mut [f32]) -> 
         return Ok(());
     }
     let interior = aw.interior();
-    with_scratch(ah.input * aw.out, |rows| {
-        for (src, dst) in x.chunks_exact(ip).zip(out.chunks_exact_mut(op_len)) {
-            for (srow, hrow) in src.chunks_exact(aw.input).zip(rows.chunks_exact_mut(aw.out)) {
-                max_along(srow, hrow, &aw, interior.clone());
+    // Each output's first and last tap along each axis, worked out once (they take integer
+    // divisions, which would otherwise dominate small maps such as SPPF's 10 x 10).
+    with_offsets(2 * (aw.out + ah.out), |taps| {
+        let (tw, th) = taps.split_at_mut(2 * aw.out);
+        for (axis, table) in [(&aw, &mut *tw), (&ah, &mut *th)] {
+            for (o, pair) in table.chunks_exact_mut(2).enumerate() {
+                (pair[0], pair[1]) = axis.taps(o, axis.input);
             }
-            for (oh, drow) in dst.chunks_exact_mut(aw.out).enumerate() {
-                let (i0, i1) = ah.taps(oh, ah.input);
-                drow.copy_from_slice(&rows[ah.pos(oh, i0) * aw.out..][..aw.out]);
-                for i in i0 + 1..i1 {
-                    for (d, &v) in drow.iter_mut().zip(&rows[ah.pos(oh, i) * aw.out..][..aw.out]) {
-                        *d = d.max(v);
+        }
+        let (tw, th) = (&*tw, &*th);
+        with_scratch(ah.input * aw.out, |rows| {
+            for (src, dst) in x.chunks_exact(ip).zip(out.chunks_exact_mut(op_len)) {
+                for (srow, hrow) in src.chunks_exact(aw.input).zip(rows.chunks_exact_mut(aw.out)) {
+                    max_along(srow, hrow, &aw, interior.clone(), tw);
+                }
+                for (oh, drow) in dst.chunks_exact_mut(aw.out).enumerate() {
+                    let (i0, i1) = (th[2 * oh], th[2 * oh + 1]);
+                    drow.copy_from_slice(&rows[ah.pos(oh, i0) * aw.out..][..aw.out]);
+                    for i in i0 + 1..i1 {
+                        for (d, &v) in drow.iter_mut().zip(&rows[ah.pos(oh, i) * aw.out..][..aw.out]) {
+                            *d = d.max(v);
+                        }
                     }
                 }
             }
-        }
+        })
     });
     Ok(())
 }
 
 /// dst[o] = the maximum of the valid taps of output o along axis `a` of the row `src`;
-/// `interior` is [`Axis::interior`].
-fn max_along(src: &[f32], dst: &mut [f32], a: &Axis, interior: std::ops::Range<usize>) {
+/// `interior` is [`Axis::interior`], `taps` holds each output's tap range (first, end).
+fn max_along(src: &[f32], dst: &mut [f32], a: &Axis, interior: std::ops::Range<usize>, taps: &[usize]) {
     // With stride 1 the interior run is a running maximum of k shifted slices.
     let (lo, hi) = (interior.start, interior.end);
     let edge = |o: usize, d: &mut f32| {
-        let (j0, j1) = a.taps(o, a.input);
-        *d = (j0..j1).fold(f32::NEG_INFINITY, |m, j| m.max(src[a.pos(o, j)]));
+        *d = (taps[2 * o]..taps[2 * o + 1]).fold(f32::NEG_INFINITY, |m, j| m.max(src[a.pos(o, j)]));
     };
     if a.s != 1 || lo == hi {
         dst.iter_mut().enumerate().for_each(|(o, d)| edge(o, d));
