@@ -1442,15 +1442,20 @@ fn matmul_wrong_shapes_are_errors() {
 #[test]
 fn linear_matches_twin() {
     let mut r = rng("linear_matches_twin");
-    let cases: [(Vec<usize>, usize); 6] = [
+    let cases: [(Vec<usize>, usize); 8] = [
         (vec![1, 17], 9),
         (vec![2, 33], 40),
         (vec![5, 16], 24),
         (vec![2, 7, 20], 30),
         (vec![64, 48], 70),
         (vec![3], 4),
+        // A classifier head at batch 1: long dot products, split over the workers.
+        (vec![1, 1030], 2100),
+        (vec![2, 100], 11),
     ];
-    for (xs, nf) in cases {
+    let kernels = ops::CpuKernel::available();
+    for (case, (xs, nf)) in cases.into_iter().enumerate() {
+        ops::force_kernel(Some(kernels[case % kernels.len()]));
         let k = *xs.last().unwrap();
         let m = numel(&xs) / k;
         let x = r.normal_vec(numel(&xs));
@@ -1466,9 +1471,10 @@ fn linear_matches_twin() {
                 .collect();
             let mut out = vec![f32::NAN; m * nf];
             ops::linear(&x, &xs, &w, &[nf, k], bias, &mut out).unwrap();
-            assert_close(&format!("linear {xs:?} x [{nf}, {k}]"), &out, &reference);
+            assert_close(&format!("linear {xs:?} x [{nf}, {k}] ({})", ops::kernel_name()), &out, &reference);
         }
     }
+    ops::force_kernel(None);
     let x = [1.0; 6];
     let mut out = [0.0; 8];
     assert!(ops::linear(&x, &[2, 3], &x[..3], &[1, 3], None, &mut out[..2]).is_ok());

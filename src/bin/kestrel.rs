@@ -123,6 +123,9 @@ enum Command {
         /// Model benchmarks: print the time per op type and the slowest nodes.
         #[arg(long)]
         profile: bool,
+        /// With --profile: how many of the slowest nodes to list.
+        #[arg(long, default_value_t = 8)]
+        top: usize,
         /// CPU worker threads for model benchmarks (default: every core).
         #[arg(long)]
         threads: Option<usize>,
@@ -209,12 +212,28 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Selftest { backend, json, model, bits, seed, gpu } => {
             selftest_cmd(backend, json, model, bits, seed, &gpu)
         }
-        Command::Bench { kind, weights, n, k, m, backend, runs, reduction, act, rows, json, profile, threads, gpu } => {
+        Command::Bench {
+            kind,
+            weights,
+            n,
+            k,
+            m,
+            backend,
+            runs,
+            reduction,
+            act,
+            rows,
+            json,
+            profile,
+            top,
+            threads,
+            gpu,
+        } => {
             if let Some(t) = threads {
                 kestrel::ops::set_max_threads(t.max(1));
             }
             if kind != "gemv" && kind != "gemm" {
-                return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile, &gpu);
+                return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile.then_some(top), &gpu);
             }
             let backend = match backend {
                 BackendArg::Cpu => BackendKind::Cpu,
@@ -468,9 +487,11 @@ fn bench_model_cmd(
     backend: BackendArg,
     runs: usize,
     json: bool,
-    profile: bool,
+    profile: Option<usize>,
     gpu: &GpuArgs,
 ) -> Result<ExitCode> {
+    // With profiling: how many of the slowest nodes to list.
+    let (top, profile) = (profile.unwrap_or(0), profile.is_some());
     if runs == 0 {
         return Err(Error::InvalidArgument { reason: "--runs must be positive".into() });
     }
@@ -515,9 +536,7 @@ fn bench_model_cmd(
         let mut slow = steps.clone();
         slow.sort_by(|a, b| b.2.total_cmp(&a.2));
         eprintln!("slowest nodes:");
-        for (name, op, t) in
-            slow.iter().take(std::env::var("KESTREL_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(8))
-        {
+        for (name, op, t) in slow.iter().take(top) {
             eprintln!("  {:>8.3} ms/run  {op:<12} {name}", t * 1e3 / runs as f64);
         }
     }

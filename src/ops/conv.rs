@@ -371,7 +371,10 @@ impl DirectJob<'_> {
         match self.kern {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Kernel::Avx2Fma exists only on CPUs that reported AVX2 and FMA.
-            Kernel::Avx2Fma | Kernel::Avx512 => unsafe { taps_avx2(acc, taps, src, self.table) },
+            Kernel::Avx2Fma => unsafe { taps_avx2(acc, taps, src, self.table) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Kernel::Avx512 exists only on CPUs that reported AVX-512F, AVX2 and FMA.
+            Kernel::Avx512 => unsafe { taps_avx512(acc, taps, src, self.table) },
             _ => accumulate_taps(acc, taps, src, self.table),
         }
         for (row, out_row) in dst.chunks_exact_mut(g.ow).enumerate() {
@@ -385,6 +388,13 @@ impl DirectJob<'_> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn taps_avx2(acc: &mut [f32], taps: &[f32], src: &[f32], table: &[usize]) {
+    accumulate_taps(acc, taps, src, table)
+}
+
+/// [`accumulate_taps`] at 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn taps_avx512(acc: &mut [f32], taps: &[f32], src: &[f32], table: &[usize]) {
     accumulate_taps(acc, taps, src, table)
 }
 

@@ -253,6 +253,20 @@ impl Kernel {
         }
     }
 
+    /// out[j] = x . w[j * k..][..k] (+ bias[j]) for every j < out.len(): the batch-1 linear
+    /// layer, one dot product per output, with this instance's vector width.
+    pub(crate) fn dots(self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gemm`: each instance exists only on CPUs with its features.
+            Kernel::Avx2Fma => unsafe { dots_avx2(x, w, bias, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512 => unsafe { dots_avx512(x, w, bias, out) },
+            Kernel::Portable => dots::<8>(x, w, bias, out),
+        }
+    }
+
     /// Applies `act` (values of `channel`) with this instance's vector width.
     pub(crate) fn activate(self, act: &Activation, data: &mut [f32], channel: usize) {
         match (self, act) {
@@ -292,6 +306,37 @@ unsafe fn activate_avx2(act: &Activation, data: &mut [f32], channel: usize) {
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn activate_avx512(act: &Activation, data: &mut [f32], channel: usize) {
     act.apply_channel::<true>(data, channel)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    dots::<16>(x, w, bias, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dots_avx512(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    dots::<32>(x, w, bias, out)
+}
+
+/// [`Kernel::dots`] with L independent lanes of accumulation (two or more vectors' worth, so the
+/// adds of one lane do not wait on each other).
+#[inline(always)]
+fn dots<const L: usize>(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let k = x.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &w[j * k..][..k];
+        let mut acc = [0f32; L];
+        let (xc, rc) = (x.chunks_exact(L), row.chunks_exact(L));
+        let tail: f32 = xc.remainder().iter().zip(rc.remainder()).map(|(a, b)| a * b).sum();
+        for (a, b) in xc.zip(rc) {
+            for i in 0..L {
+                acc[i] += a[i] * b[i];
+            }
+        }
+        *o = acc.iter().sum::<f32>() + tail + bias.map_or(0.0, |b| b[j]);
+    }
 }
 
 /// One register-tile product: ROWS rows of a packed block of A (k x AS, AS >= ROWS: the

@@ -211,13 +211,11 @@ pub fn linear(
     let workers = workers_for(m * nf * k.max(1), if m <= DOT_ROWS { nf.div_ceil(64) } else { m.div_ceil(4) });
     if m <= DOT_ROWS {
         // Each output is one dot product of two K-contiguous rows; workers take feature ranges.
+        let kern = Kernel::current();
         for (row, dst) in out.chunks_exact_mut(nf).enumerate() {
             let xr = &x[row * k..][..k];
             let run = |n0: usize, d: &mut [f32]| {
-                for (j, o) in d.iter_mut().enumerate() {
-                    let n = n0 + j;
-                    *o = dot(xr, &w[n * k..][..k]) + bias.map_or(0.0, |b| b[n]);
-                }
+                kern.dots(xr, &w[n0 * k..][..d.len() * k], bias.map(|b| &b[n0..n0 + d.len()]), d)
             };
             if workers <= 1 {
                 run(0, dst);
@@ -282,17 +280,4 @@ pub fn linear(
         });
     });
     Ok(())
-}
-
-/// Dot product with eight accumulators.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
