@@ -137,6 +137,16 @@ pub enum Error {
 
     #[error("GPU validation error while {what}: {reason}")]
     GpuValidation { what: String, reason: String },
+
+    // ---- images and datasets ----
+    #[error("image {}: {reason}", path.display())]
+    Image { path: PathBuf, reason: String },
+
+    #[error("annotation {}: {reason}", path.display())]
+    Annotation { path: PathBuf, reason: String },
+
+    #[error("dataset {}: {reason}", path.display())]
+    Dataset { path: PathBuf, reason: String },
 }
 
 impl Error {

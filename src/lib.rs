@@ -22,5 +22,6 @@ pub mod rng;
 pub mod selftest;
 pub mod tensor;
 pub mod tol;
+pub mod vision;
 
 pub use error::{Error, Result};

@@ -17,6 +17,8 @@ use kestrel::tensor::Scheme;
 use kestrel::tol::{rel_l2, Tol};
 use kestrel::{Error, Result};
 
+mod vision;
+
 #[derive(Parser)]
 #[command(name = "kestrel", version, about = "Embedded inference runtime for robots")]
 struct Cli {
@@ -166,6 +168,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate paired RGB + infrared frames of street scenes with boxes (LLVIP layout, plus YOLO
+    /// labels and an index of conditions).
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Frame size WxH.
+        #[arg(long, default_value = "320x240")]
+        size: String,
+        /// Write video clips of this many frames (static or slowly panning camera, moving objects).
+        #[arg(long)]
+        sequence: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the demo model (models/demo-mlp.kpak) from its seed.
     DemoModel {
         #[arg(long, short)]
@@ -266,6 +286,9 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Pack { model, out, weights, layers, quantize_ends, json } => {
             pack_cmd(&model, &out, &weights, &layers, !quantize_ends, json)
+        }
+        Command::Synth { out, count, seed, size, sequence, json } => {
+            vision::synth_cmd(&out, count, seed, &size, sequence, json)
         }
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;

@@ -1,0 +1,98 @@
+//! 8-bit images in memory and as PNG files: the frames `synth` writes and `detect` reads.
+//!
+//! An [`Image`] is row-major, interleaved, 1 (gray) or 3 (RGB) channels. PNG is the only codec:
+//! lossless, so a generated dataset reads back exactly, and the `png` crate is small. Gray+alpha
+//! and RGBA files are accepted and their alpha dropped; 16-bit files are reduced to 8 bits.
+
+use std::io::BufWriter;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Largest width or height accepted when reading: a hostile header cannot ask for more.
+pub const MAX_SIDE: u32 = 16384;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    /// 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    pub data: Vec<u8>,
+}
+
+impl Image {
+    pub fn new(width: usize, height: usize, channels: usize) -> Image {
+        Image { width, height, channels, data: vec![0; width * height * channels] }
+    }
+
+    /// Pixel (x, y), channel c.
+    #[inline]
+    pub fn get(&self, x: usize, y: usize, c: usize) -> u8 {
+        self.data[(y * self.width + x) * self.channels + c]
+    }
+
+    /// The image with 3 channels (gray replicated, as DEYOLO feeds infrared).
+    pub fn to_rgb(&self) -> Image {
+        if self.channels == 3 {
+            return self.clone();
+        }
+        let data = self.data.iter().flat_map(|&v| [v, v, v]).collect();
+        Image { width: self.width, height: self.height, channels: 3, data }
+    }
+
+    /// The image with 1 channel (ITU-R BT.601 luma of RGB).
+    pub fn to_gray(&self) -> Image {
+        if self.channels == 1 {
+            return self.clone();
+        }
+        let data = self
+            .data
+            .chunks_exact(3)
+            .map(|p| ((299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32 + 500) / 1000) as u8)
+            .collect();
+        Image { width: self.width, height: self.height, channels: 1, data }
+    }
+
+    /// Writes a PNG (fast compression: datasets are written by the thousand).
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut enc = png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
+        enc.set_color(if self.channels == 3 { png::ColorType::Rgb } else { png::ColorType::Grayscale });
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
+        w.write_image_data(&self.data).map_err(|e| err(e.to_string()))?;
+        w.finish().map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a PNG as 1 or 3 channels of 8 bits.
+    pub fn load_png(path: &Path) -> Result<Image> {
+        let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+        dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = dec.read_info().map_err(|e| err(format!("not a readable PNG ({e})")))?;
+        let (w, h) = (reader.info().width, reader.info().height);
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+            return Err(err(format!("size {w}x{h} is outside 1..={MAX_SIDE}")));
+        }
+        let size = reader.output_buffer_size().ok_or_else(|| err("image too large".into()))?;
+        let mut buf = vec![0; size];
+        let frame = reader.next_frame(&mut buf).map_err(|e| err(format!("truncated or corrupt ({e})")))?;
+        buf.truncate(frame.buffer_size());
+        let (width, height) = (w as usize, h as usize);
+        let (channels, data) = match frame.color_type {
+            png::ColorType::Grayscale => (1, buf),
+            png::ColorType::Rgb => (3, buf),
+            png::ColorType::GrayscaleAlpha => (1, buf.chunks_exact(2).map(|p| p[0]).collect()),
+            png::ColorType::Rgba => (3, buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
+            other => return Err(err(format!("unsupported color type {other:?}"))),
+        };
+        if data.len() != width * height * channels {
+            return Err(err("pixel data does not match the header".into()));
+        }
+        Ok(Image { width, height, channels, data })
+    }
+}
