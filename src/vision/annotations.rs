@@ -77,9 +77,12 @@ impl Annotation {
         let size = element(root, "size").ok_or_else(|| err("no <size> element".into()))?;
         let dim = |name: &str| -> Result<usize> {
             let v = element(size, name).ok_or_else(|| err(format!("no <size><{name}>")))?;
-            v.trim().parse::<f64>().ok().filter(|v| *v >= 1.0 && *v < 1e6).map(|v| v as usize).ok_or_else(|| {
-                err(format!("<size><{name}> is {:?}, not a positive size", v.trim()))
-            })
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 1.0 && *v < 1e6)
+                .map(|v| v as usize)
+                .ok_or_else(|| err(format!("<size><{name}> is {:?}, not a positive size", v.trim())))
         };
         let mut ann = Annotation {
             filename: element(root, "filename").map(|f| unescape(f.trim())).unwrap_or_default(),
@@ -134,7 +137,10 @@ impl Annotation {
 
     /// Parses YOLO txt for an image of `width` x `height`.
     pub fn from_yolo(text: &str, path: &Path, width: usize, height: usize, classes: &[String]) -> Result<Annotation> {
-        let err = |line: usize, reason: String| Error::Annotation { path: path.to_path_buf(), reason: format!("line {line}: {reason}") };
+        let err = |line: usize, reason: String| Error::Annotation {
+            path: path.to_path_buf(),
+            reason: format!("line {line}: {reason}"),
+        };
         let mut labels = Vec::new();
         for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
             if line.is_empty() {
@@ -144,11 +150,17 @@ impl Annotation {
             if fields.len() != 5 {
                 return Err(err(n, format!("{} fields, expected `class cx cy w h`", fields.len())));
             }
-            let id: usize = fields[0].parse().map_err(|_| err(n, format!("class id {:?} is not an integer", fields[0])))?;
-            let class = classes.get(id).ok_or_else(|| err(n, format!("class id {id} with {} classes", classes.len())))?;
+            let id: usize =
+                fields[0].parse().map_err(|_| err(n, format!("class id {:?} is not an integer", fields[0])))?;
+            let class =
+                classes.get(id).ok_or_else(|| err(n, format!("class id {id} with {} classes", classes.len())))?;
             let mut v = [0f32; 4];
             for (dst, f) in v.iter_mut().zip(&fields[1..]) {
-                *dst = f.parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| err(n, format!("{f:?} is not a number")))?;
+                *dst = f
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| err(n, format!("{f:?} is not a number")))?;
             }
             let [cx, cy, w, h] = v;
             if w < 0.0 || h < 0.0 {
@@ -253,7 +265,9 @@ mod tests {
             assert!(e.contains(want) && e.contains("bad.xml"), "{e}");
         }
         let classes = vec!["person".to_string()];
-        for (text, want) in [("0 0.5 0.5", "3 fields"), ("3 0.5 0.5 0.1 0.1", "class id 3"), ("0 a 0.5 0.1 0.1", "not a number")] {
+        for (text, want) in
+            [("0 0.5 0.5", "3 fields"), ("3 0.5 0.5 0.1 0.1", "class id 3"), ("0 a 0.5 0.1 0.1", "not a number")]
+        {
             let e = Annotation::from_yolo(text, Path::new("l.txt"), 10, 10, &classes).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }

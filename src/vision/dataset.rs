@@ -55,9 +55,10 @@ fn find_dir(root: &Path, names: &[&str]) -> Option<PathBuf> {
     names.iter().find_map(|name| {
         let mut dir = root.to_path_buf();
         for part in name.split('/') {
-            let entry = std::fs::read_dir(&dir).ok()?.flatten().find(|e| {
-                e.file_name().to_string_lossy().eq_ignore_ascii_case(part) && e.path().is_dir()
-            })?;
+            let entry = std::fs::read_dir(&dir)
+                .ok()?
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(part) && e.path().is_dir())?;
             dir = entry.path();
         }
         Some(dir)
@@ -190,7 +191,8 @@ pub fn write_synth(out: &Path, count: usize, opts: &SynthOptions, progress: &(dy
         std::fs::create_dir_all(out.join(dir)).map_err(|e| Error::io(out.join(dir), e))?;
     }
     let classes: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
-    std::fs::write(out.join("classes.txt"), classes.join("\n") + "\n").map_err(|e| Error::io(out.join("classes.txt"), e))?;
+    std::fs::write(out.join("classes.txt"), classes.join("\n") + "\n")
+        .map_err(|e| Error::io(out.join("classes.txt"), e))?;
     let rows: Vec<std::sync::Mutex<String>> = (0..count).map(|_| std::sync::Mutex::new(String::new())).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);

@@ -5,8 +5,14 @@
 //! - [`annotations`]: VOC XML and YOLO txt ground truth.
 //! - [`synth`]: generated street scenes, paired RGB + thermal, with boxes.
 //! - [`dataset`]: the on-disk layouts (LLVIP, M3FD-style, DEYOLO YOLO txt) and their pairing.
+//! - [`preprocess`]: letterbox to the network input.
+//! - [`detect`]: YOLOv8 head output to boxes (score filter, class-aware NMS).
+//! - [`eval`]: COCO-style mAP.
 
 pub mod annotations;
 pub mod dataset;
+pub mod detect;
+pub mod eval;
 pub mod image;
+pub mod preprocess;
 pub mod synth;

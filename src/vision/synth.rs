@@ -103,7 +103,9 @@ enum Kind {
     Car,
     Bicycle,
     /// Unlabelled thermal clutter: a pole warmed by the sun, or a lamp post.
-    Pole { lamp: bool },
+    Pole {
+        lamp: bool,
+    },
 }
 
 /// One object of a scene, in RGB pixel coordinates at the clip's first frame.
@@ -166,23 +168,22 @@ pub fn frame(opts: &SynthOptions, index: usize) -> Frame {
     let mut columns = SplitMix64::new(scene.noise_seed ^ 0x5eed);
     let column_offset: Vec<f32> = (0..opts.width).map(|_| columns.normal() * 0.006).collect();
     for y in 0..opts.height {
-        for x in 0..opts.width {
+        for (x, column) in column_offset.iter().enumerate() {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
             let (color, id) = shade_rgb(&scene, px, py);
             if let Some(i) = id {
                 shown[i] += 1;
             }
             let at = (y * opts.width + x) * 3;
-            for c in 0..3 {
-                let v = color[c] + noise.normal() * rgb_noise;
-                rgb.data[at + c] = to_u8(v);
+            for (dst, v) in rgb.data[at..at + 3].iter_mut().zip(color) {
+                *dst = to_u8(v + noise.normal() * rgb_noise);
             }
             // The IR camera sees the point that maps to this IR pixel.
             let cx = opts.width as f32 / 2.0;
             let cy = opts.height as f32 / 2.0;
             let sx = (px - cx) * scene.ir_scale + cx + scene.ir_shift.0;
             let sy = (py - cy) * scene.ir_scale + cy + scene.ir_shift.1;
-            let t = shade_ir(&scene, sx, sy) + noise.normal() * 0.012 + column_offset[x];
+            let t = shade_ir(&scene, sx, sy) + noise.normal() * 0.012 + column;
             ir.data[y * opts.width + x] = to_u8(t);
         }
     }
@@ -232,7 +233,9 @@ fn fill_fraction(k: Kind) -> f32 {
 
 /// The scene of frame `frame_in_clip` of clip `clip`.
 fn scene(opts: &SynthOptions, clip: usize, frame_in_clip: usize) -> Scene {
-    let mut r = SplitMix64::new(opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (clip as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut r = SplitMix64::new(
+        opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (clip as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
     let (w, h) = (opts.width as f32, opts.height as f32);
     let cond = Condition::from_index(r.below(5));
     let horizon = h * r.uniform(0.28, 0.45);
@@ -386,8 +389,18 @@ fn part(o: &Object, u: f32, v: f32) -> Option<Part> {
                 let d = (((u - cu) * aspect).powi(2) + (v - 0.68).powi(2)).sqrt();
                 (d - 0.3).abs() < 0.045
             };
-            let bar = |(a, b): ((f32, f32), (f32, f32))| segment_distance(u * aspect, v, a.0 * aspect, a.1, b.0 * aspect, b.1) < 0.035;
-            let frame = [((0.2, 0.68), (0.45, 0.68)), ((0.45, 0.68), (0.72, 0.35)), ((0.3, 0.35), (0.45, 0.68)), ((0.3, 0.35), (0.72, 0.35)), ((0.72, 0.35), (0.8, 0.68)), ((0.3, 0.35), (0.28, 0.22)), ((0.72, 0.35), (0.7, 0.15))];
+            let bar = |(a, b): ((f32, f32), (f32, f32))| {
+                segment_distance(u * aspect, v, a.0 * aspect, a.1, b.0 * aspect, b.1) < 0.035
+            };
+            let frame = [
+                ((0.2, 0.68), (0.45, 0.68)),
+                ((0.45, 0.68), (0.72, 0.35)),
+                ((0.3, 0.35), (0.45, 0.68)),
+                ((0.3, 0.35), (0.72, 0.35)),
+                ((0.72, 0.35), (0.8, 0.68)),
+                ((0.3, 0.35), (0.28, 0.22)),
+                ((0.72, 0.35), (0.7, 0.15)),
+            ];
             if ring(0.2) || ring(0.8) {
                 Some(Part::Wheel)
             } else if frame.into_iter().any(bar) {
@@ -433,7 +446,9 @@ fn value_noise(seed: u64, x: f32, y: f32, cell: f32) -> f32 {
     let (ix, iy) = (gx.floor(), gy.floor());
     let (fx, fy) = (gx - ix, gy - iy);
     let lattice = |i: f32, j: f32| {
-        let mut z = seed ^ ((i as i64 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((j as i64 as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+        let mut z = seed
+            ^ ((i as i64 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            ^ ((j as i64 as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32

@@ -12,7 +12,8 @@ use kestrel::{Error, Result};
 
 /// `WxH` -> (W, H), each in 16..=4096.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::InvalidArgument { reason: format!("--size {s:?}: expected WxH, e.g. 320x240, sides 16 to 4096") };
+    let bad =
+        || Error::InvalidArgument { reason: format!("--size {s:?}: expected WxH, e.g. 320x240, sides 16 to 4096") };
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
     if !(16..=4096).contains(&w) || !(16..=4096).contains(&h) {
@@ -21,7 +22,14 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     Ok((w, h))
 }
 
-pub fn synth_cmd(out: &Path, count: usize, seed: u64, size: &str, sequence: Option<usize>, json: bool) -> Result<ExitCode> {
+pub fn synth_cmd(
+    out: &Path,
+    count: usize,
+    seed: u64,
+    size: &str,
+    sequence: Option<usize>,
+    json: bool,
+) -> Result<ExitCode> {
     let (width, height) = parse_size(size)?;
     if count == 0 {
         return Err(Error::InvalidArgument { reason: "--count must be positive".into() });
@@ -33,7 +41,7 @@ pub fn synth_cmd(out: &Path, count: usize, seed: u64, size: &str, sequence: Opti
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let progress = |done: usize| {
-        if tty && (done % 50 == 0 || done == count) {
+        if tty && (done.is_multiple_of(50) || done == count) {
             eprint!("\r[{done}/{count}] pairs");
         }
     };

@@ -1,0 +1,119 @@
+//! Frames to network inputs: letterbox (aspect kept, centred on grey 114 padding), scaled to
+//! [0, 1], NCHW f32 — the ultralytics convention the shipped models were trained with.
+//!
+//! The resize is PIL's `Image.resize(..., BILINEAR)`, which the training script uses: a
+//! separable triangle filter whose support widens with the downscale factor (so shrinking
+//! averages every source pixel instead of sampling a few), horizontal pass first, rounded to
+//! 8 bits between the passes. Matching it keeps what the model sees at run time the same as in
+//! training, to within one grey level.
+
+use super::image::Image;
+
+/// Padding grey level (ultralytics' letterbox colour).
+pub const PAD: u8 = 114;
+
+/// Where a frame landed in the letterboxed square: input = frame * scale + (dx, dy).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Letterbox {
+    pub scale: f32,
+    pub dx: f32,
+    pub dy: f32,
+    pub size: usize,
+}
+
+impl Letterbox {
+    /// The placement of a `width` x `height` frame in a `size` square.
+    pub fn new(width: usize, height: usize, size: usize) -> Letterbox {
+        let scale = (size as f32 / width as f32).min(size as f32 / height as f32);
+        let (nw, nh) = ((width as f32 * scale).round() as usize, (height as f32 * scale).round() as usize);
+        Letterbox { scale, dx: ((size - nw.min(size)) / 2) as f32, dy: ((size - nh.min(size)) / 2) as f32, size }
+    }
+
+    /// Resized size (width, height) inside the square.
+    pub fn inner(&self, width: usize, height: usize) -> (usize, usize) {
+        (
+            ((width as f32 * self.scale).round() as usize).min(self.size),
+            ((height as f32 * self.scale).round() as usize).min(self.size),
+        )
+    }
+
+    /// A box in letterboxed input pixels back to frame pixels.
+    pub fn unmap(&self, b: [f32; 4]) -> [f32; 4] {
+        [
+            (b[0] - self.dx) / self.scale,
+            (b[1] - self.dy) / self.scale,
+            (b[2] - self.dx) / self.scale,
+            (b[3] - self.dy) / self.scale,
+        ]
+    }
+}
+
+/// Letterboxes `img` into `out` ([channels, size, size] f32 in [0, 1]; `channels` 1 or 3, gray
+/// or RGB converted as needed). Returns the placement.
+pub fn letterbox_into(img: &Image, size: usize, channels: usize, out: &mut [f32]) -> Letterbox {
+    let img = match (img.channels, channels) {
+        (3, 1) => img.to_gray(),
+        (1, 3) => img.to_rgb(),
+        _ => img.clone(),
+    };
+    let lb = Letterbox::new(img.width, img.height, size);
+    let (nw, nh) = lb.inner(img.width, img.height);
+    let resized = resize_bilinear(&img, nw, nh);
+    let (dx, dy) = (lb.dx as usize, lb.dy as usize);
+    let plane = size * size;
+    out[..channels * plane].fill(PAD as f32 / 255.0);
+    for y in 0..nh {
+        for x in 0..nw {
+            for c in 0..channels {
+                out[c * plane + (y + dy) * size + x + dx] = resized.get(x, y, c) as f32 / 255.0;
+            }
+        }
+    }
+    lb
+}
+
+/// PIL-compatible bilinear resize (triangle filter, support scaled when shrinking).
+pub fn resize_bilinear(img: &Image, width: usize, height: usize) -> Image {
+    if width == img.width && height == img.height {
+        return img.clone();
+    }
+    let horizontal = pass(img, width, true);
+    pass(&horizontal, height, false)
+}
+
+/// One separable pass along x (`along_x`) or y to `len` samples, rounded to 8 bits.
+fn pass(img: &Image, len: usize, along_x: bool) -> Image {
+    let (in_len, (w, h)) = if along_x { (img.width, (len, img.height)) } else { (img.height, (img.width, len)) };
+    if len == in_len {
+        return img.clone();
+    }
+    let mut out = Image::new(w, h, img.channels);
+    let scale = in_len as f64 / len as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // triangle support 1, widened when shrinking
+    for o in 0..len {
+        let center = (o as f64 + 0.5) * scale;
+        let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
+        let hi = ((center + support + 0.5).floor() as usize).min(in_len);
+        let mut weights: Vec<f64> =
+            (lo..hi).map(|i| (1.0 - ((i as f64 + 0.5 - center) / filter_scale).abs()).max(0.0)).collect();
+        let total: f64 = weights.iter().sum();
+        if total > 0.0 {
+            weights.iter_mut().for_each(|v| *v /= total);
+        }
+        let other = if along_x { h } else { w };
+        for q in 0..other {
+            for c in 0..img.channels {
+                let mut acc = 0.0;
+                for (k, &wt) in weights.iter().enumerate() {
+                    let i = lo + k;
+                    acc += wt * if along_x { img.get(i, q, c) } else { img.get(q, i, c) } as f64;
+                }
+                let v = acc.round().clamp(0.0, 255.0) as u8;
+                let (x, y) = if along_x { (o, q) } else { (q, o) };
+                out.data[(y * w + x) * img.channels + c] = v;
+            }
+        }
+    }
+    out
+}

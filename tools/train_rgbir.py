@@ -1,0 +1,352 @@
+"""Train the shipped RGB+IR detectors on `kestrel synth` data and export them to ONNX.
+
+Host tool only (tools/requirements.txt): CI and the runtime never run it. Its products are
+models/rgbir-fused.kpak, models/rgbir-rgb-only.kpak and models/rgbir-ir-only.kpak (packed with
+`kestrel pack`), and the model card in models/README.md.
+
+The fused model follows DEYOLO (PAPERS.md section 3), scaled down to train on 2 CPU cores:
+- two YOLOv8-style backbones with separate weights (RGB: 3 channels; IR: 1 channel, the thermal
+  camera's single band rather than DEYOLO's replicated BGR), strides 8/16/32;
+- a DEA block at P3, P4 and P5: DECA (channel weights from each modality's pooled features,
+  crossed: the IR weights gate the RGB features and vice versa, through a 3x3 conv of both) and
+  DEPA (spatial weights from 3x3 and 7x7 single-channel convs, again crossed), output
+  sigmoid(out_vi + out_ir) as in the authors' code. At these sizes every level is below DECA's
+  k = 80/40/20 pyramid, so its global term is the mean over the map, as the code falls back to;
+- a YOLOv8 PAN neck and ultralytics' anchor-free Detect head (DFL 16 bins), trained with
+  ultralytics' v8DetectionLoss (task-aligned assignment, CIoU + DFL + BCE).
+The single-modality baselines are the same backbone, neck and head on one input (no DEA).
+
+Inputs are letterboxed to --imgsz (grey 114 padding, /255), as `kestrel detect` does.
+
+  python tools/train_rgbir.py train --data /tmp/synth-train --modality fused --imgsz 192 \
+      --minutes 20 --out /tmp/rgbir-fused
+  python tools/train_rgbir.py export --checkpoint /tmp/rgbir-fused/model.pt --out /tmp/rgbir-fused/model.onnx
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+import types
+from pathlib import Path
+
+os.environ["YOLO_OFFLINE"] = "1"
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ultralytics.nn.modules import C2f, SPPF, Conv, Detect
+from ultralytics.utils.loss import v8DetectionLoss
+
+CLASSES = ["person", "car", "bicycle"]
+STRIDES = (8, 16, 32)
+WIDTHS = (16, 32, 48, 64, 96)  # stem, /4, P3, P4, P5
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+class Backbone(nn.Module):
+    """YOLOv8-style: Conv s2, Conv s2, C2f, Conv s2, C2f (P3), Conv s2, C2f (P4), Conv s2, C2f, SPPF (P5)."""
+
+    def __init__(self, c_in):
+        super().__init__()
+        w = WIDTHS
+        self.stem = nn.Sequential(Conv(c_in, w[0], 3, 2), Conv(w[0], w[1], 3, 2), C2f(w[1], w[1], 1, True))
+        self.p3 = nn.Sequential(Conv(w[1], w[2], 3, 2), C2f(w[2], w[2], 1, True))
+        self.p4 = nn.Sequential(Conv(w[2], w[3], 3, 2), C2f(w[3], w[3], 1, True))
+        self.p5 = nn.Sequential(Conv(w[3], w[4], 3, 2), C2f(w[4], w[4], 1, True), SPPF(w[4], w[4], 5))
+
+    def forward(self, x):
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        return p3, p4, self.p5(p4)
+
+
+class DECA(nn.Module):
+    """Channel fusion: each modality's pooled features weight the other modality's channels."""
+
+    def __init__(self, c, reduction=16):
+        super().__init__()
+        hidden = max(c // reduction, 4)
+        # FC as 1x1 convs on the pooled [B, C, 1, 1] map: same math, exports as Conv.
+        self.fc = nn.Sequential(nn.Conv2d(c, hidden, 1, bias=False), nn.ReLU(), nn.Conv2d(hidden, c, 1, bias=False),
+                                nn.Sigmoid())
+        self.mix = Conv(2 * c, c, 3, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, vi, ir):
+        w_v, w_i = self.fc(self.pool(vi)), self.fc(self.pool(ir))
+        g = self.pool(self.mix(torch.cat([vi, ir], 1)))
+        return vi * torch.sigmoid(w_i * g), ir * torch.sigmoid(w_v * g)
+
+
+class DEPA(nn.Module):
+    """Spatial fusion: single-channel attention maps, crossed between the modalities."""
+
+    def __init__(self, c):
+        super().__init__()
+
+        def att():
+            return nn.ModuleList([nn.Conv2d(c, 1, 3, padding=1), nn.Conv2d(c, 1, 7, padding=3), nn.Conv2d(2, 1, 5, padding=2)])
+
+        self.att_v, self.att_i = att(), att()
+        self.g_v, self.g_i = nn.Conv2d(c, 1, 3, padding=1), nn.Conv2d(c, 1, 3, padding=1)
+
+    @staticmethod
+    def attention(m, x):
+        return m[2](torch.cat([m[0](x), m[1](x)], 1))
+
+    def forward(self, vi, ir):
+        a_v, a_i = self.attention(self.att_v, vi), self.attention(self.att_i, ir)
+        g = torch.sigmoid(self.g_v(vi) + self.g_i(ir))
+        w_v, w_i = torch.sigmoid(g + a_v), torch.sigmoid(g + a_i)
+        return vi * w_i, ir * w_v
+
+
+class DEA(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.deca, self.depa = DECA(c), DEPA(c)
+
+    def forward(self, vi, ir):
+        vi, ir = self.depa(*self.deca(vi, ir))
+        return torch.sigmoid(vi + ir)
+
+
+class Neck(nn.Module):
+    """YOLOv8 PAN: top-down then bottom-up, C2f at every merge."""
+
+    def __init__(self):
+        super().__init__()
+        w = WIDTHS
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.td4 = C2f(w[4] + w[3], w[3], 1)
+        self.td3 = C2f(w[3] + w[2], w[2], 1)
+        self.down3 = Conv(w[2], w[2], 3, 2)
+        self.bu4 = C2f(w[2] + w[3], w[3], 1)
+        self.down4 = Conv(w[3], w[3], 3, 2)
+        self.bu5 = C2f(w[3] + w[4], w[4], 1)
+
+    def forward(self, p3, p4, p5):
+        t4 = self.td4(torch.cat([self.up(p5), p4], 1))
+        n3 = self.td3(torch.cat([self.up(t4), p3], 1))
+        n4 = self.bu4(torch.cat([self.down3(n3), t4], 1))
+        n5 = self.bu5(torch.cat([self.down4(n4), p5], 1))
+        return [n3, n4, n5]
+
+
+class RgbIrDetector(nn.Module):
+    """modality: 'fused' takes (rgb, ir); 'rgb' takes rgb; 'ir' takes ir."""
+
+    def __init__(self, modality, nc=len(CLASSES)):
+        super().__init__()
+        self.modality = modality
+        if modality in ("fused", "rgb"):
+            self.rgb = Backbone(3)
+        if modality in ("fused", "ir"):
+            self.ir = Backbone(1)
+        if modality == "fused":
+            self.fuse_levels = nn.ModuleList([DEA(c) for c in WIDTHS[2:]])
+        self.neck = Neck()
+        head = Detect(nc=nc, ch=WIDTHS[2:])
+        head.stride = torch.tensor([float(s) for s in STRIDES])
+        self.model = nn.ModuleList([head])  # v8DetectionLoss reads model.model[-1]
+        head.bias_init()
+        self.stride = head.stride
+        self.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+        self.names = dict(enumerate(CLASSES))
+
+    def forward(self, *inputs):
+        if self.modality == "fused":
+            rgb, ir = inputs
+            feats = [f(a, b) for f, a, b in zip(self.fuse_levels, self.rgb(rgb), self.ir(ir))]
+        elif self.modality == "rgb":
+            feats = self.rgb(inputs[0])
+        else:
+            feats = self.ir(inputs[0])
+        return self.model[-1](self.neck(*feats))
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def letterbox(img, size, fill=114):
+    """Resize keeping the aspect ratio, centre on a fill-coloured square: (array, scale, (dx, dy))."""
+    h, w = img.shape[:2]
+    r = min(size / w, size / h)
+    nw, nh = round(w * r), round(h * r)
+    mode = Image.BILINEAR
+    resized = np.asarray(Image.fromarray(img).resize((nw, nh), mode))
+    dx, dy = (size - nw) // 2, (size - nh) // 2
+    out = np.full((size, size) + img.shape[2:], fill, dtype=np.uint8)
+    out[dy:dy + nh, dx:dx + nw] = resized
+    return out, r, (dx, dy)
+
+
+def load_split(root, size, limit=None):
+    """Every pair of a `kestrel synth` folder, letterboxed: rgb [N,S,S,3], ir [N,S,S], labels."""
+    root = Path(root)
+    stems = sorted(p.stem for p in (root / "visible").glob("*.png"))[:limit]
+    rgb = np.zeros((len(stems), size, size, 3), np.uint8)
+    ir = np.zeros((len(stems), size, size), np.uint8)
+    labels = []
+    for i, s in enumerate(stems):
+        v = np.asarray(Image.open(root / "visible" / f"{s}.png").convert("RGB"))
+        t = np.asarray(Image.open(root / "infrared" / f"{s}.png").convert("L"))
+        rgb[i], r, (dx, dy) = letterbox(v, size)
+        ir[i] = letterbox(t, size)[0]
+        h, w = v.shape[:2]
+        rows = []
+        txt = root / "labels" / f"{s}.txt"
+        for line in txt.read_text().splitlines() if txt.exists() else []:
+            c, cx, cy, bw, bh = map(float, line.split())
+            # Normalised to the letterboxed square.
+            rows.append([c, (cx * w * r + dx) / size, (cy * h * r + dy) / size, bw * w * r / size, bh * h * r / size])
+        labels.append(np.array(rows, np.float32).reshape(-1, 5))
+    return rgb, ir, labels
+
+
+def batch_tensors(rgb, ir, labels, idx, flip):
+    x_rgb = torch.from_numpy(rgb[idx]).permute(0, 3, 1, 2).float() / 255.0
+    x_ir = torch.from_numpy(ir[idx]).unsqueeze(1).float() / 255.0
+    bi, cls, boxes = [], [], []
+    for j, i in enumerate(idx):
+        lab = labels[i].copy()
+        if flip[j]:
+            lab[:, 1] = 1.0 - lab[:, 1]
+        bi.append(np.full(len(lab), j, np.float32))
+        cls.append(lab[:, 0])
+        boxes.append(lab[:, 1:])
+    if flip.any():
+        f = torch.from_numpy(flip)
+        x_rgb[f] = x_rgb[f].flip(3)
+        x_ir[f] = x_ir[f].flip(3)
+    batch = {"batch_idx": torch.from_numpy(np.concatenate(bi)), "cls": torch.from_numpy(np.concatenate(cls)),
+             "bboxes": torch.from_numpy(np.concatenate(boxes).reshape(-1, 4))}
+    return x_rgb, x_ir, batch
+
+
+def inputs_for(model, x_rgb, x_ir):
+    return {"fused": (x_rgb, x_ir), "rgb": (x_rgb,), "ir": (x_ir,)}[model.modality]
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def train(args):
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    rgb, ir, labels = load_split(args.data, args.imgsz, args.limit)
+    print(f"loaded {len(labels)} pairs in {time.time() - t0:.0f} s", flush=True)
+    model = RgbIrDetector(args.modality)
+    params = sum(p.numel() for p in model.parameters())
+    loss_fn = v8DetectionLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(labels) / args.batch)
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))))
+    rng = np.random.default_rng(args.seed)
+    start, step, history = time.time(), 0, []
+    model.train()
+    done = False
+    for epoch in range(args.epochs):
+        order = rng.permutation(len(labels))
+        running = []
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            x_rgb, x_ir, batch = batch_tensors(rgb, ir, labels, idx, rng.random(len(idx)) < 0.5)
+            preds = model(*inputs_for(model, x_rgb, x_ir))
+            loss, items = loss_fn(preds, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            step += 1
+            running.append(items.detach().numpy() if hasattr(items, "numpy") else np.array(list(items.values())))
+            if (time.time() - start) / 60 > args.minutes:
+                done = True
+                break
+        mean = np.mean(running, 0).tolist()
+        history.append({"epoch": epoch, "loss_box_cls_dfl": mean, "minutes": (time.time() - start) / 60})
+        print(json.dumps(history[-1]), flush=True)
+        if done:
+            break
+    torch.save({"modality": args.modality, "state": model.state_dict(), "imgsz": args.imgsz}, out / "model.pt")
+    (out / "train.json").write_text(json.dumps({
+        "modality": args.modality, "params": params, "pairs": len(labels), "imgsz": args.imgsz, "epochs_run": len(history),
+        "steps": step, "batch": args.batch, "lr": args.lr, "seed": args.seed, "minutes": (time.time() - start) / 60,
+        "threads": args.threads, "data": str(args.data), "history": history, "torch": torch.__version__}, indent=1))
+    print(f"saved {out / 'model.pt'} ({params} parameters)")
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def export(args):
+    import onnx
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu")
+    model = RgbIrDetector(ckpt["modality"])
+    model.load_state_dict(ckpt["state"])
+    model.eval()
+    head = model.model[-1]
+    head.export, head.format = True, "onnx"
+    size = ckpt["imgsz"]
+    dummy = {"fused": (torch.zeros(1, 3, size, size), torch.zeros(1, 1, size, size)),
+             "rgb": (torch.zeros(1, 3, size, size),), "ir": (torch.zeros(1, 1, size, size),)}[model.modality]
+    names = {"fused": ["rgb", "ir"], "rgb": ["rgb"], "ir": ["ir"]}[model.modality]
+    with torch.no_grad():
+        model(*dummy)
+        torch.onnx.export(model, dummy, args.out, opset_version=17, input_names=names, output_names=["output0"],
+                          dynamo=False)
+    m = onnx.load(args.out)
+    meta = {
+        "description": f"kestrel RGB+IR detector ({model.modality}), DEYOLO-style, trained on kestrel synth",
+        "stride": str(max(STRIDES)),
+        "task": "detect",
+        "imgsz": str([size, size]),
+        "names": str(model.names),
+        "modality": model.modality,
+        "preprocess": "letterbox to imgsz (bilinear, centred, fill 114), RGB / 255; IR: one channel / 255",
+    }
+    for k, v in meta.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, args.out)
+    print(f"wrote {args.out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True)
+    t.add_argument("--modality", choices=("fused", "rgb", "ir"), required=True)
+    t.add_argument("--imgsz", type=int, default=192)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--minutes", type=float, default=20.0, help="stop after this much training time")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--limit", type=int, help="use the first N pairs")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", required=True)
+    args = ap.parse_args()
+    {"train": train, "export": export}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
