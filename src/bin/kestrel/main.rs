@@ -186,6 +186,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Detect objects in RGB + infrared frame pairs (files, folders paired by name, or a dataset).
+    Detect {
+        #[arg(long)]
+        model: PathBuf,
+        /// Visible frame (.png), or a folder of them.
+        #[arg(long)]
+        rgb: Option<PathBuf>,
+        /// Thermal frame (.png), or a folder of them (paired with --rgb by file name).
+        #[arg(long)]
+        ir: Option<PathBuf>,
+        /// A dataset folder (LLVIP, M3FD-style or YOLO-txt layout) instead of --rgb/--ir.
+        #[arg(long, conflicts_with_all = ["rgb", "ir"])]
+        dataset: Option<PathBuf>,
+        /// Write the frames side by side with the boxes (a .png; a folder for several pairs).
+        #[arg(long)]
+        annotate: Option<PathBuf>,
+        /// Minimum class score.
+        #[arg(long, default_value_t = 0.25)]
+        score: f32,
+        /// NMS IoU threshold (per class).
+        #[arg(long, default_value_t = 0.45)]
+        iou: f32,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// COCO-style mAP of a detector on a paired dataset, overall, per condition and per class.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Evaluate the first N pairs only.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Minimum class score (low, for mAP: the curve needs the uncertain detections too).
+        #[arg(long, default_value_t = 0.001)]
+        score: f32,
+        #[arg(long, default_value_t = 0.7)]
+        iou: f32,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
     /// Write the demo model (models/demo-mlp.kpak) from its seed.
     DemoModel {
         #[arg(long, short)]
@@ -290,12 +340,38 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Synth { out, count, seed, size, sequence, json } => {
             vision::synth_cmd(&out, count, seed, &size, sequence, json)
         }
+        Command::Detect { model, rgb, ir, dataset, annotate, score, iou, backend, json, gpu } => {
+            let m = model_args(&model, backend, &gpu)?;
+            vision::detect_cmd(
+                &m,
+                rgb.as_deref(),
+                ir.as_deref(),
+                dataset.as_deref(),
+                annotate.as_deref(),
+                score,
+                iou,
+                json,
+            )
+        }
+        Command::Eval { model, dataset, limit, score, iou, backend, json, gpu } => {
+            vision::eval_cmd(&model_args(&model, backend, &gpu)?, &dataset, limit, score, iou, json)
+        }
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn model_args<'a>(model: &'a std::path::Path, backend: BackendArg, gpu: &GpuArgs) -> Result<vision::ModelArgs<'a>> {
+    let on_gpu = match backend {
+        BackendArg::Cpu => false,
+        BackendArg::Gpu => true,
+        BackendArg::All => return Err(Error::InvalidArgument { reason: "run on one backend: cpu or gpu".into() }),
+    };
+    let allow_software = gpu.allow_software || std::env::var("KESTREL_ALLOW_SOFTWARE_GPU").is_ok_and(|v| v == "1");
+    Ok(vision::ModelArgs { model, gpu: on_gpu, allow_software })
 }
 
 fn info(file: &PathBuf, json: bool, bits: Option<u32>) -> Result<ExitCode> {
