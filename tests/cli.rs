@@ -250,12 +250,16 @@ fn pack_imports_the_yolo_fixture_and_info_shows_the_graph() {
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 64);
     let format_of = |node: &str| layers.iter().find(|l| l["node"] == node).unwrap()["format"].clone();
-    // The first conv and the head's output convs stay f32; the override applies; the rest is q4.
+    // The input conv and the head's output convs stay f32; the override applies; rows shorter
+    // than a group (a 1x1 conv over 16 channels: K = 16) stay f32; the rest is q4.
+    let why_of = |node: &str| layers.iter().find(|l| l["node"] == node).unwrap()["why"].clone();
     assert_eq!(format_of("/model.0/conv/Conv"), "f32");
     assert_eq!(format_of("/model.22/cv3.0/cv3.0.2/Conv"), "f32");
     assert_eq!(format_of("/model.22/cv2.2/cv2.2.2/Conv"), "f32");
     assert_eq!(format_of("/model.2/cv1/conv/Conv"), "f16");
-    assert_eq!(format_of("/model.4/cv1/conv/Conv"), "q4g32");
+    assert_eq!(format_of("/model.4/cv1/conv/Conv"), "f32");
+    assert!(why_of("/model.4/cv1/conv/Conv").as_str().unwrap().contains("shorter than a quantization group"));
+    assert_eq!(format_of("/model.4/m.0/cv1/conv/Conv"), "q4g32");
     assert!(v["packed_weight_bytes"].as_u64().unwrap() < v["f32_weight_bytes"].as_u64().unwrap());
 
     let info = json_of(&kestrel(&["info", out.to_str().unwrap(), "--json"]));

@@ -3,8 +3,10 @@
 //!
 //! Conv and MatMul/Gemm weights are the quantizable ones; a conv weight [M, C/g, kH, kW] is
 //! stored as the matrix [M, C/g*kH*kW] (the implicit-GEMM view), so every weight format applies.
-//! By default the first convolution and the convolutions that feed the outputs directly (a
-//! detector's final head convolutions) stay f32: they are the most sensitive to quantization.
+//! By default the convolutions reading a graph input (each camera stream's stem) and the
+//! convolutions that feed the outputs directly (a detector's final head convolutions) stay f32:
+//! they are the most sensitive to quantization. So do weights whose rows are shorter than one
+//! quantization group, which padding would make larger than f32.
 
 use std::io::IsTerminal;
 
@@ -21,7 +23,7 @@ pub struct PackOptions {
     pub weights: Scheme,
     /// Per-layer overrides: (node-name pattern with `*` wildcards, format), first match wins.
     pub layers: Vec<(String, Scheme)>,
-    /// Keep the first conv and the output convs at f32 when the weights are below f32 (default true).
+    /// Keep the input convs and the output convs at f32 when the weights are below f32 (default true).
     pub protect_ends: bool,
     /// Metadata to carry (ONNX metadata_props and provenance).
     pub metadata: Vec<(String, String)>,
@@ -67,17 +69,15 @@ pub fn parse_layer_override(s: &str) -> Result<(String, Scheme)> {
     Ok((pat.to_string(), Scheme::parse(fmt)?))
 }
 
-/// Convs at the ends of the graph: the first conv reading a graph input, and every conv from
+/// Convs at the ends of the graph: every conv reading a graph input (the stem of each camera
+/// stream in a multi-input model), and every conv from
 /// whose output a graph output is reachable without passing through another conv. A conv that
 /// reads a Softmax is a fixed decoder (YOLO's distribution focal loss: the expectation over
 /// bins), not a learned layer: the search looks through it to the convs behind it.
 fn protected_convs(g: &Graph) -> Vec<usize> {
-    let mut out = Vec::new();
-    if let Some(first) =
-        g.nodes.iter().position(|n| n.op == "Conv" && n.inputs.iter().flatten().any(|i| g.inputs.contains(i)))
-    {
-        out.push(first);
-    }
+    let mut out: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| g.nodes[i].op == "Conv" && g.nodes[i].inputs.iter().flatten().any(|v| g.inputs.contains(v)))
+        .collect();
     // Walk backwards from the outputs through non-conv nodes.
     let producers = g.producers();
     let mut seen = vec![false; g.values.len()];
@@ -115,9 +115,16 @@ pub fn choose_precision(g: &Graph, opts: &PackOptions) -> Vec<LayerChoice> {
             _ => None,
         };
         let Some(w) = weight.filter(|&w| matches!(g.constant(w), Some(ConstData::F32(_)))) else { continue };
+        // K, the length of a weight row: a row shorter than one quantization group would be
+        // padded to the group, larger than f32 and no more accurate.
+        let shape = &g.values[w].shape;
+        let k = shape.iter().skip(1).product::<usize>();
         let (scheme, why) = match opts.layers.iter().find(|(p, _)| glob_match(p, &n.name)) {
             Some((_, s)) => (*s, "--layer override"),
             None if protected.contains(&i) => (Scheme::F32, "first conv / output conv kept at f32"),
+            None if opts.weights.group().is_some_and(|group| k < group) => {
+                (Scheme::F32, "rows shorter than a quantization group kept at f32")
+            }
             None => (opts.weights, "--weights"),
         };
         choices.push(LayerChoice { node: n.name.clone(), tensor: g.values[w].name.clone(), scheme, why });
