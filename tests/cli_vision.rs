@@ -164,10 +164,55 @@ fn bad_vision_input_gets_one_line_errors() {
     );
     // Bad synth arguments.
     one_line_error(&kestrel(&["synth", "--out", dir.path().to_str().unwrap(), "--size", "12x9"]), "--size");
+    // Thresholds that are not probabilities.
+    let (rgb0, ir0) = (ds.join("visible/000000.png"), ds.join("infrared/000000.png"));
+    one_line_error(
+        &kestrel(&[
+            "detect",
+            "--model",
+            f,
+            "--rgb",
+            rgb0.to_str().unwrap(),
+            "--ir",
+            ir0.to_str().unwrap(),
+            "--score",
+            "NaN",
+        ]),
+        "--score",
+    );
     // A model that is not a detector.
     let demo = model("demo-mlp.kpak");
     one_line_error(
         &kestrel(&["detect", "--model", demo.to_str().unwrap(), "--rgb", rgb.to_str().unwrap()]),
         "no graph",
     );
+}
+
+#[test]
+fn detect_runs_an_ultralytics_export_with_its_class_names() {
+    // The committed reduced YOLOv8 (ultralytics' exporter, 8 classes named in its metadata,
+    // input `images`): the same decode path as the shipped models, on a visible frame only.
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 2);
+    let yolo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny/model.onnx");
+    let rgb = ds.join("visible/000000.png");
+    let r = json_of(&kestrel(&[
+        "detect",
+        "--model",
+        yolo.to_str().unwrap(),
+        "--rgb",
+        rgb.to_str().unwrap(),
+        "--score",
+        "0.0001",
+        "--json",
+    ]));
+    let dets = r["images"][0]["detections"].as_array().unwrap();
+    assert!(!dets.is_empty(), "an untrained model still scores every anchor above 1e-4");
+    // The fixture's metadata names its classes class0..class7.
+    for d in dets {
+        let id = d["class_id"].as_u64().unwrap();
+        assert!(id < 8 && d["class"] == format!("class{id}"), "{d}");
+        let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(b[0] >= 0.0 && b[2] <= 320.0 && b[1] >= 0.0 && b[3] <= 240.0, "boxes in frame pixels: {d}");
+    }
 }

@@ -1540,21 +1540,17 @@ fn small_ops_do_not_allocate() {
     let mut mm = vec![0.0; 36];
     let scale = r.normal_vec(6);
     let resize = Resize { coord: CoordTransform::Asymmetric, nearest: NearestMode::Floor, ..Resize::default() };
-    // Warm the per-thread scratch first.
+    let pool = Pool2d { kernel: [3, 3], strides: [1, 1], pads: [1; 4], ..Pool2d::square(3) };
+    // Warm the per-thread scratch first (max pooling keeps its tap table in the index scratch).
     ops::matmul(&a, &[6, 4], &b, &[4, 6], &mut mm).unwrap();
     ops::linear(&a, &[6, 4], &b, &[6, 4], None, &mut mm).unwrap();
+    ops::max_pool2d(&x, &xs, &pool, &mut out).unwrap();
     let n = allocations_during(|| {
         ops::add(&x, &xs, &c, &[1, 4, 1, 1], &mut out).unwrap();
         ops::activation(&x, &xs, &Activation::Silu, &mut out).unwrap();
         ops::softmax(&x, &xs, 1, &mut out).unwrap();
         ops::transpose(&x, &xs, &[0, 2, 3, 1], &mut out).unwrap();
-        ops::max_pool2d(
-            &x,
-            &xs,
-            &Pool2d { kernel: [3, 3], strides: [1, 1], pads: [1; 4], ..Pool2d::square(3) },
-            &mut out,
-        )
-        .unwrap();
+        ops::max_pool2d(&x, &xs, &pool, &mut out).unwrap();
         ops::resize(&x, &xs, &[1, 4, 12, 12], &resize, &mut small).unwrap();
         ops::slice(&x, &xs, &[0], &[6], Some(&[2]), Some(&[1]), &mut out).unwrap();
         ops::layer_norm(&x, &xs, -1, &scale, None, 1e-5, &mut out).unwrap();

@@ -220,6 +220,23 @@ impl Detector {
     }
 }
 
+/// Checks that a visible and a thermal frame were captured close enough together to be one pair:
+/// timestamps (any common clock, e.g. nanoseconds) at most `max_skew` apart. A rig whose cameras
+/// drift apart would otherwise fuse a person in one frame with empty road in the other.
+pub fn check_pair_timestamps(rgb_ns: u64, ir_ns: u64, max_skew_ns: u64) -> Result<()> {
+    let skew = rgb_ns.abs_diff(ir_ns);
+    if skew > max_skew_ns {
+        return Err(Error::InvalidArgument {
+            reason: format!(
+                "visible and thermal frames are {:.1} ms apart (at most {:.1} ms makes a pair)",
+                skew as f64 / 1e6,
+                max_skew_ns as f64 / 1e6
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Class names from ultralytics' `names` metadata: a Python dict literal such as
 /// `{0: 'person', 1: 'car'}` (ids in order from 0). None if it does not parse.
 pub fn parse_names(text: &str) -> Option<Vec<String>> {
@@ -243,6 +260,13 @@ pub fn parse_names(text: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::parse_names;
+
+    #[test]
+    fn pair_timestamps_must_be_close() {
+        assert!(super::check_pair_timestamps(1_000_000, 1_004_000, 5_000_000).is_ok());
+        let e = super::check_pair_timestamps(0, 40_000_000, 20_000_000).unwrap_err().to_string();
+        assert!(e.contains("40.0 ms apart"), "{e}");
+    }
 
     #[test]
     fn ultralytics_names_parse() {

@@ -75,9 +75,18 @@ pub struct ModelArgs<'a> {
 }
 
 impl ModelArgs<'_> {
-    fn open(&self) -> Result<Detector> {
+    /// The detector with these thresholds, which must be probabilities (NaN is not).
+    fn open(&self, options: DecodeOptions) -> Result<Detector> {
+        let (score, iou) = (options.score, options.iou);
+        if !(0.0..=1.0).contains(&score) || !(0.0..=1.0).contains(&iou) || iou == 0.0 {
+            return Err(Error::InvalidArgument {
+                reason: format!("--score {score} and --iou {iou}: the score must be in [0, 1] and the IoU in (0, 1]"),
+            });
+        }
         let device = if self.gpu { Device::Gpu { allow_software: self.allow_software } } else { Device::Cpu };
-        Detector::open(self.model, device)
+        let mut det = Detector::open(self.model, device)?;
+        det.options = options;
+        Ok(det)
     }
 }
 
@@ -147,8 +156,7 @@ pub fn detect_cmd(
     iou: f32,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut det = m.open()?;
-    det.options = DecodeOptions { score, iou, ..DecodeOptions::default() };
+    let mut det = m.open(DecodeOptions { score, iou, ..DecodeOptions::default() })?;
     let pairs = pairs(&det, rgb, ir, dataset)?;
     let many = pairs.len() > 1;
     if let (true, Some(dir)) = (many, annotate) {
@@ -206,8 +214,7 @@ pub fn eval_cmd(
     iou: f32,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut det = m.open()?;
-    det.options = DecodeOptions { score, iou, max_detections: 300 };
+    let mut det = m.open(DecodeOptions { score, iou, max_detections: 300 })?;
     let ds = Dataset::open(dataset)?;
     let samples = &ds.samples[..limit.unwrap_or(usize::MAX).min(ds.samples.len())];
     let classes = det.classes().to_vec();
