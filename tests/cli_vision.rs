@@ -216,3 +216,27 @@ fn detect_runs_an_ultralytics_export_with_its_class_names() {
         assert!(b[0] >= 0.0 && b[2] <= 320.0 && b[1] >= 0.0 && b[3] <= 240.0, "boxes in frame pixels: {d}");
     }
 }
+
+#[test]
+fn detect_on_the_gpu_agrees_with_the_cpu() {
+    // The shipped q8 model: the GPU reads the packed weights, the CPU their dequantized copy.
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 3);
+    let fused = model("rgbir-fused.kpak");
+    let (rgb, ir) = (ds.join("visible/000002.png"), ds.join("infrared/000002.png"));
+    let run = |backend: &str| {
+        let mut args = vec!["detect", "--model", fused.to_str().unwrap(), "--rgb", rgb.to_str().unwrap()];
+        args.extend(["--ir", ir.to_str().unwrap(), "--backend", backend, "--allow-software", "--json"]);
+        json_of(&kestrel(&args))["images"][0]["detections"].as_array().unwrap().clone()
+    };
+    let (cpu, gpu) = (run("cpu"), run("gpu"));
+    assert!(!cpu.is_empty());
+    assert_eq!(cpu.len(), gpu.len(), "cpu {cpu:?}\ngpu {gpu:?}");
+    for (a, b) in cpu.iter().zip(&gpu) {
+        assert_eq!(a["class"], b["class"]);
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-3, "{a} {b}");
+        for (p, q) in a["box"].as_array().unwrap().iter().zip(b["box"].as_array().unwrap()) {
+            assert!((p.as_f64().unwrap() - q.as_f64().unwrap()).abs() < 0.5, "{a} {b}");
+        }
+    }
+}

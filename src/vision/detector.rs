@@ -203,16 +203,21 @@ impl Detector {
             }
         }
         let (lb, frame_size) = placement.expect("a detector has at least one input");
-        let refs: Vec<&[f32]> = self.buffers.iter().map(Vec::as_slice).collect();
+        // One or two inputs (checked at load): a fixed array, nothing allocated per frame here.
+        let mut refs: [&[f32]; 2] = [&[], &[]];
+        for (r, b) in refs.iter_mut().zip(&self.buffers) {
+            *r = b;
+        }
+        let refs = &refs[..self.buffers.len()];
         match &mut self.engine {
             Engine::Cpu(e) => {
-                e.run(&refs)?;
+                e.run(refs)?;
                 let n = self.output.len();
                 self.output.copy_from_slice(&e.output(0)[..n]);
             }
             Engine::Gpu(b) => {
                 let (ctx, e) = &**b;
-                e.run(ctx, &refs)?;
+                e.run(ctx, refs)?;
                 e.read_output(ctx, 0, &mut self.output)?;
             }
         }
