@@ -1563,3 +1563,98 @@ fn small_ops_do_not_allocate() {
 // ---------------------------------------------------------------------------------------------
 // Throughput (release build, run by hand)
 // ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------------
+
+/// CARE linear attention in f64, straight from the paper's code: phi = ELU + 1,
+/// KV = phi(K)^T V / N, z_i = 1 / (phi(q_i) . mean_j phi(k_j) + 1e-6), out_i = z_i phi(q_i) KV.
+fn ref_linear_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, n: usize, d: usize, dv: usize) -> Vec<f64> {
+    let phi = |x: f32| if x > 0.0 { x as f64 + 1.0 } else { (x as f64).exp() };
+    let mut out = vec![0.0; heads * n * dv];
+    for h in 0..heads {
+        let (qh, kh, vh) = (&q[h * n * d..], &k[h * n * d..], &v[h * n * dv..]);
+        let mut kv = vec![0.0; d * dv];
+        let mut kmean = vec![0.0; d];
+        for j in 0..n {
+            for c in 0..d {
+                let p = phi(kh[j * d + c]);
+                kmean[c] += p / n as f64;
+                for e in 0..dv {
+                    kv[c * dv + e] += p * vh[j * dv + e] as f64 / n as f64;
+                }
+            }
+        }
+        for i in 0..n {
+            let pq: Vec<f64> = (0..d).map(|c| phi(qh[i * d + c])).collect();
+            let z = 1.0 / (pq.iter().zip(&kmean).map(|(a, b)| a * b).sum::<f64>() + 1e-6);
+            for e in 0..dv {
+                out[(h * n + i) * dv + e] = z * (0..d).map(|c| pq[c] * kv[c * dv + e]).sum::<f64>();
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)] // the three operands, their four sizes and the scale
+fn ref_softmax_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    n: usize,
+    d: usize,
+    dv: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let mut out = vec![0.0; heads * n * dv];
+    for h in 0..heads {
+        for i in 0..n {
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    scale * (0..d).map(|c| q[(h * n + i) * d + c] as f64 * k[(h * n + j) * d + c] as f64).sum::<f64>()
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            for e in 0..dv {
+                out[(h * n + i) * dv + e] =
+                    (0..n).map(|j| (s[j] - max).exp() / total * v[(h * n + j) * dv + e] as f64).sum::<f64>();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn linear_and_softmax_attention_match_their_twins() {
+    let mut r = rng("linear_and_softmax_attention_match_their_twins");
+    // Small shapes, then one large enough to split over the workers.
+    for &(b, h, n, d, dv) in &[(1, 1, 1, 1, 1), (1, 2, 7, 5, 3), (2, 3, 33, 16, 8), (1, 8, 300, 32, 32)] {
+        let (qs, vs) = ([b, h, n, d], [b, h, n, dv]);
+        let (q, k, v) = (r.normal_vec(b * h * n * d), r.normal_vec(b * h * n * d), r.normal_vec(b * h * n * dv));
+        let mut out = vec![f32::NAN; b * h * n * dv];
+        ops::linear_attention(&q, &qs, &k, &qs, &v, &vs, &mut out).unwrap();
+        assert_close(
+            &format!("linear attention {qs:?} {vs:?}"),
+            &out,
+            &ref_linear_attention(&q, &k, &v, b * h, n, d, dv),
+        );
+        let scale = 1.0 / (d as f32).sqrt();
+        ops::softmax_attention(&q, &qs, &k, &qs, &v, &vs, scale, &mut out).unwrap();
+        let reference = ref_softmax_attention(&q, &k, &v, b * h, n, d, dv, scale as f64);
+        assert_close(&format!("softmax attention {qs:?} {vs:?}"), &out, &reference);
+    }
+    // Wrong shapes are errors.
+    let x = vec![0.5; 24];
+    let mut out = vec![0.0; 24];
+    assert!(ops::linear_attention(&x, &[1, 1, 6, 4], &x, &[1, 1, 4, 6], &x, &[1, 1, 6, 4], &mut out).is_err());
+    assert!(ops::linear_attention(&x, &[1, 6, 4], &x, &[1, 6, 4], &x, &[1, 6, 4], &mut out).is_err());
+    assert!(
+        ops::softmax_attention(&x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], f32::NAN, &mut out).is_err()
+    );
+    assert!(
+        ops::softmax_attention(&x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], 1.0, &mut out[1..]).is_err()
+    );
+}

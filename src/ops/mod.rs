@@ -30,11 +30,13 @@
 //! | [`matmul`] | `MatMul` (batch broadcasting) | `matmul.rs` |
 //! | [`linear`] | `Gemm` with `transB = 1` (x W^T + b) | `matmul.rs` |
 //! | [`layer_norm`] | `LayerNormalization` | `norm.rs` |
+//! | [`linear_attention`] (CARE), [`softmax_attention`] | (native ops, [B, H, N, D]) | `attention.rs` |
 //!
 //! Reshape, Flatten, Squeeze and Unsqueeze move no data in row-major layout: the executor aliases
 //! the buffer with the new shape.
 
 mod activation;
+mod attention;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -50,6 +52,7 @@ pub use activation::{
     activation, activation_inplace, clipped_relu, clipped_relu_inplace, elu, elu_inplace, gelu, gelu_inplace, relu,
     relu_inplace, sigmoid, sigmoid_inplace, silu, silu_inplace, Activation, ClipThreshold,
 };
+pub use attention::{linear_attention, softmax_attention, CARE_EPSILON};
 pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};
 pub use gemm::{force_kernel, kernel_name, Kernel as CpuKernel};

@@ -46,6 +46,12 @@ enum ReductionArg {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum AttentionArg {
+    Care,
+    Softmax,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum ActivationArg {
     F32,
     F16,
@@ -97,8 +103,20 @@ enum Command {
     },
     /// Measure GEMV / GEMM against the device's copy bandwidth.
     Bench {
-        /// `gemv`, `gemm`, or a model (.kpak or .onnx) to time end to end.
+        /// `gemv`, `gemm`, `attention`, or a model (.kpak or .onnx) to time end to end.
         kind: String,
+        /// Attention only: CARE's linear attention or softmax attention.
+        #[arg(long = "kind", value_enum, default_value = "care")]
+        attention: AttentionArg,
+        /// Attention only: tokens N.
+        #[arg(long, default_value_t = 1024)]
+        tokens: usize,
+        /// Attention only: features per head (queries, keys and values).
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// Attention only: heads.
+        #[arg(long, default_value_t = 1)]
+        heads: usize,
         /// f32, f16, q8, q4 (= q4g128), q4g32, q4g64, q4g128, fp4 (= MXFP4), fp4g64-f16, ...
         #[arg(long, default_value = "q4")]
         weights: String,
@@ -284,6 +302,10 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Bench {
             kind,
+            attention,
+            tokens,
+            dim,
+            heads,
             weights,
             n,
             k,
@@ -301,6 +323,9 @@ fn run(command: Command) -> Result<ExitCode> {
         } => {
             if let Some(t) = threads {
                 kestrel::ops::set_max_threads(t.max(1));
+            }
+            if kind == "attention" {
+                return bench_attention_cmd(attention, tokens, dim, heads, backend, runs, json);
             }
             if kind != "gemv" && kind != "gemm" {
                 return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile.then_some(top), &gpu);
@@ -579,6 +604,70 @@ fn load_runner(
         let r = make(g, &|id| kestrel::exec::kpak_weights(&pak, g, id), ctx)?;
         Ok((r, names(g, &g.inputs), names(g, &g.outputs)))
     }
+}
+
+/// Times one attention op on random [1, H, N, D] inputs (median after a warm-up).
+fn bench_attention_cmd(
+    kind: AttentionArg,
+    tokens: usize,
+    dim: usize,
+    heads: usize,
+    backend: BackendArg,
+    runs: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    if backend != BackendArg::Cpu {
+        return Err(Error::Unsupported {
+            what: "attention on the GPU (the WGSL kernels are not built yet); use --backend cpu".into(),
+        });
+    }
+    if tokens == 0 || dim == 0 || heads == 0 || runs == 0 {
+        return Err(Error::InvalidArgument { reason: "--tokens, --dim, --heads and --runs must be positive".into() });
+    }
+    let shape = [1, heads, tokens, dim];
+    let len =
+        heads.checked_mul(tokens).and_then(|x| x.checked_mul(dim)).filter(|&x| x <= 1 << 28).ok_or_else(|| {
+            Error::InvalidArgument { reason: format!("{heads} heads x {tokens} tokens x {dim} is too large to bench") }
+        })?;
+    let mut rng = SplitMix64::new(3);
+    let (q, k, v) = (rng.normal_vec(len), rng.normal_vec(len), rng.normal_vec(len));
+    let mut out = vec![0f32; len];
+    let scale = 1.0 / (dim as f32).sqrt();
+    let mut once = || match kind {
+        AttentionArg::Care => kestrel::ops::linear_attention(&q, &shape, &k, &shape, &v, &shape, &mut out),
+        AttentionArg::Softmax => kestrel::ops::softmax_attention(&q, &shape, &k, &shape, &v, &shape, scale, &mut out),
+    };
+    once()?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        once()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let p99 = ms[((ms.len() as f64 * 0.99).ceil() as usize).clamp(1, ms.len()) - 1];
+    // Multiply-adds: CARE reduces keys (N D D) and applies (N D D); softmax scores and mixes (2 N^2 D).
+    let (n, d, h) = (tokens as f64, dim as f64, heads as f64);
+    let macs = match kind {
+        AttentionArg::Care => 2.0 * h * n * d * d,
+        AttentionArg::Softmax => 2.0 * h * n * n * d,
+    };
+    let name = if kind == AttentionArg::Care { "care" } else { "softmax" };
+    let backend_name = format!("cpu ({} threads)", kestrel::ops::max_threads());
+    if json {
+        println!(
+            "{}",
+            json!({"kind": name, "backend": backend_name, "tokens": tokens, "dim": dim, "heads": heads, "runs": runs,
+                   "median_ms": median, "p99_ms": p99, "macs": macs, "gmacs_per_s": macs / median / 1e6})
+        );
+    } else {
+        println!(
+            "{name} attention, {heads} heads x {tokens} tokens x {dim}, {backend_name}: median {median:.3} ms, p99 {p99:.3} ms ({:.1} GMAC/s)",
+            macs / median / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_model_cmd(
