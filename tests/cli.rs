@@ -344,3 +344,34 @@ fn run_and_bench_a_packed_model_on_both_backends() {
     std::fs::write(&bad, kestrel::npy::encode(&[1, 3, 160, 160], &nan)).unwrap();
     assert_one_line_error(&run(&format!("images={}", bad.display())), "value 77 is NaN");
 }
+
+#[test]
+fn bench_attention_reports_median_ms_on_both_backends() {
+    for backend in ["cpu", "gpu"] {
+        for kind in ["care", "softmax"] {
+            let v = json_of(&kestrel(&[
+                "bench",
+                "attention",
+                "--kind",
+                kind,
+                "--tokens",
+                "64",
+                "--dim",
+                "16",
+                "--heads",
+                "2",
+                "--runs",
+                "3",
+                "--backend",
+                backend,
+                "--allow-software",
+                "--json",
+            ]));
+            assert_eq!(v["kind"], kind);
+            assert_eq!(v["tokens"], 64);
+            assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{v}");
+            assert!(v["backend"].as_str().unwrap().starts_with(backend), "{v}");
+        }
+    }
+    assert_one_line_error(&kestrel(&["bench", "attention", "--tokens", "0"]), "--tokens");
+}

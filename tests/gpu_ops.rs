@@ -200,6 +200,7 @@ fn every_graph_op_module_validates_with_naga() {
             "op_pool" => &["pool2d", "global_pool"],
             "op_resize" => &["resize"],
             "op_rows" => &["softmax_rows", "softmax_strided", "layer_norm"],
+            "op_attention" => &["linear_attention", "softmax_attention"],
             n if n.starts_with("op_gemm_") => &["matmul", "conv2d", "conv2d_direct"],
             other => panic!("unexpected module {other}"),
         };
@@ -1069,4 +1070,55 @@ fn bad_shapes_and_views_are_typed_errors() {
     assert!(arg_err(gops::slice(ctx, v(0, &[4]), &[0], &[4], None, Some(&[0]), v(256, &[4]))));
     // Empty outputs need no dispatch.
     assert!(gops::binary(ctx, BinaryOp::Mul, v(0, &[0, 3]), v(256, &[3]), v(512, &[0, 3])).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: CARE linear attention and softmax attention
+
+#[test]
+fn attention_matches_cpu() {
+    let ctx = ctx();
+    let mut rng = seeded("attention");
+    for &(b, h, n, d, dv) in &[(1, 1, 1, 1, 1), (1, 2, 37, 8, 5), (2, 3, 64, 16, 16), (1, 1, 300, 32, 24)] {
+        let (qs, vs) = ([b, h, n, d], [b, h, n, dv]);
+        let (q, k) = (normals(&mut rng, b * h * n * d, 1.0), normals(&mut rng, b * h * n * d, 1.0));
+        let v = normals(&mut rng, b * h * n * dv, 1.0);
+        let len = b * h * n * dv;
+        let scale = 1.0 / (d as f32).sqrt();
+        for softmax in [false, true] {
+            let mut want = vec![0f32; len];
+            if softmax {
+                ops::softmax_attention(&q, &qs, &k, &qs, &v, &vs, scale, &mut want).unwrap();
+            } else {
+                ops::linear_attention(&q, &qs, &k, &qs, &v, &vs, &mut want).unwrap();
+            }
+            let mut arena = Arena::new();
+            let (q_off, k_off, v_off) = (arena.put(&mut rng, &q), arena.put(&mut rng, &k), arena.put(&mut rng, &v));
+            let y_off = arena.output(&mut rng, len);
+            let buf = arena.upload(ctx);
+            let (qv, kv, vv, yv) = (
+                GpuView::new(&buf, q_off, &qs),
+                GpuView::new(&buf, k_off, &qs),
+                GpuView::new(&buf, v_off, &vs),
+                GpuView::new(&buf, y_off, &vs),
+            );
+            let steps = if softmax {
+                gops::softmax_attention(ctx, qv, kv, vv, scale, yv).unwrap()
+            } else {
+                gops::linear_attention(ctx, qv, kv, vv, yv).unwrap()
+            };
+            run(ctx, &steps);
+            let back = arena.read(ctx);
+            let what = if softmax { "softmax" } else { "linear" };
+            assert_close(&format!("{what} attention {qs:?} {vs:?}"), back.at(y_off, len), &want, F32);
+        }
+    }
+    // Heads too wide for the linear kernel's workgroup memory are refused by name.
+    let mut arena = Arena::new();
+    let off = arena.output(&mut rng, 100 * 100);
+    let buf = arena.upload(ctx);
+    let wide = [1, 1, 1, 100];
+    let view = || GpuView::new(&buf, off, &wide);
+    let e = gops::linear_attention(ctx, view(), view(), view(), view()).unwrap_err().to_string();
+    assert!(e.contains("D x (Dv + 1)"), "{e}");
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub const CARE_EPSILON: f32 = 1e-6;
 
 /// [B, H, N, D] and [B, H, N, Dv] shapes checked; returns (B * H, N, D, Dv).
-fn dims(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> Result<(usize, usize, usize, usize)> {
+pub(crate) fn dims(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> Result<(usize, usize, usize, usize)> {
     let (&[b, h, n, d], &[kb, kh, kn, kd], &[vb, vh, vn, dv]) = (q, k, v) else {
         return Err(Error::shape(op, "q, k, v of rank 4 [B, H, N, D]", format!("{q:?}, {k:?}, {v:?}")));
     };

@@ -52,6 +52,7 @@ pub use activation::{
     activation, activation_inplace, clipped_relu, clipped_relu_inplace, elu, elu_inplace, gelu, gelu_inplace, relu,
     relu_inplace, sigmoid, sigmoid_inplace, silu, silu_inplace, Activation, ClipThreshold,
 };
+pub(crate) use attention::dims as attention_dims;
 pub use attention::{linear_attention, softmax_attention, CARE_EPSILON};
 pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};

@@ -54,6 +54,7 @@
 //! | [`concat()`], [`split`], [`slice()`], [`transpose`], [`copy()`] | `gather` (op_gather.wgsl) | one strided copy |
 //! | [`softmax`], [`layer_norm`] | `softmax_rows`, `softmax_strided`, `layer_norm` (op_rows.wgsl) | |
 
+mod attention;
 mod data;
 mod elementwise;
 mod gemm;
@@ -68,6 +69,7 @@ use super::shaders;
 use crate::error::{Error, Result};
 use crate::ops::{numel, Activation, ClipThreshold};
 
+pub use attention::{linear_attention, softmax_attention};
 pub use data::{concat, copy, slice, split, transpose};
 pub use elementwise::{activation, binary};
 pub use gemm::{conv2d, conv2d_packed, linear, matmul, GemmTile, PackedWeights, GEMM_TILES};
@@ -79,13 +81,14 @@ pub use rows::{layer_norm, softmax};
 /// family file; the GEMM family once per tile shape with op_conv_f32.wgsl's weight reads, and
 /// once more per tile shape and packed weight format with op_conv_packed.wgsl and the format's
 /// decoder instead).
-pub const SHADER_FILES: [&str; 13] = [
+pub const SHADER_FILES: [&str; 14] = [
     "op_common.wgsl",
     "op_elementwise.wgsl",
     "op_gather.wgsl",
     "op_pool.wgsl",
     "op_resize.wgsl",
     "op_rows.wgsl",
+    "op_attention.wgsl",
     "op_gemm.wgsl",
     "op_conv_f32.wgsl",
     "op_conv_packed.wgsl",
@@ -163,6 +166,7 @@ pub(crate) enum Module {
     Pool,
     Resize,
     Rows,
+    Attention,
     Gemm(GemmTile),
     /// The GEMM family plus the packed-weight conv kernels for one weight format.
     GemmPacked(GemmTile, gemm::PackedFormat),
@@ -176,6 +180,7 @@ impl Module {
             Module::Pool => "op_pool".into(),
             Module::Resize => "op_resize".into(),
             Module::Rows => "op_rows".into(),
+            Module::Attention => "op_attention".into(),
             Module::Gemm(t) => format!("op_gemm_{}x{}", t.bm, t.bn),
             Module::GemmPacked(t, f) => format!("op_gemm_{}x{}_{}", t.bm, t.bn, f.name()),
         }
@@ -188,6 +193,7 @@ impl Module {
             Module::Pool => (String::new(), &[shaders::OP_POOL]),
             Module::Resize => (String::new(), &[shaders::OP_RESIZE]),
             Module::Rows => (String::new(), &[shaders::OP_ROWS]),
+            Module::Attention => (String::new(), &[shaders::OP_ATTENTION]),
             Module::Gemm(t) => (
                 format!("const BM: u32 = {}u;\nconst BN: u32 = {}u;\n", t.bm, t.bn),
                 &[shaders::OP_GEMM, shaders::OP_CONV_F32],
@@ -199,7 +205,8 @@ impl Module {
     }
 
     fn all() -> Vec<Module> {
-        let mut v = vec![Module::Elementwise, Module::Gather, Module::Pool, Module::Resize, Module::Rows];
+        let mut v =
+            vec![Module::Elementwise, Module::Gather, Module::Pool, Module::Resize, Module::Rows, Module::Attention];
         v.extend(GEMM_TILES.iter().map(|&t| Module::Gemm(t)));
         for f in gemm::PackedFormat::ALL {
             v.extend(GEMM_TILES.iter().map(|&t| Module::GemmPacked(t, f)));

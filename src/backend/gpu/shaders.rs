@@ -22,6 +22,7 @@ pub const OP_GATHER: &str = include_str!("../../../shaders/op_gather.wgsl");
 pub const OP_POOL: &str = include_str!("../../../shaders/op_pool.wgsl");
 pub const OP_RESIZE: &str = include_str!("../../../shaders/op_resize.wgsl");
 pub const OP_ROWS: &str = include_str!("../../../shaders/op_rows.wgsl");
+pub const OP_ATTENTION: &str = include_str!("../../../shaders/op_attention.wgsl");
 pub const OP_GEMM: &str = include_str!("../../../shaders/op_gemm.wgsl");
 pub const OP_CONV_F32: &str = include_str!("../../../shaders/op_conv_f32.wgsl");
 pub const OP_CONV_PACKED: &str = include_str!("../../../shaders/op_conv_packed.wgsl");
@@ -31,7 +32,7 @@ pub const OP_CONV_Q4: &str = include_str!("../../../shaders/op_conv_q4.wgsl");
 pub const OP_CONV_FP4: &str = include_str!("../../../shaders/op_conv_fp4.wgsl");
 
 /// Every .wgsl file with its name, for validation and listing.
-pub const ALL_FILES: [(&str, &str); 25] = [
+pub const ALL_FILES: [(&str, &str); 26] = [
     ("common.wgsl", COMMON),
     ("act_f32.wgsl", ACT_F32),
     ("act_f16.wgsl", ACT_F16),
@@ -50,6 +51,7 @@ pub const ALL_FILES: [(&str, &str); 25] = [
     ("op_pool.wgsl", OP_POOL),
     ("op_resize.wgsl", OP_RESIZE),
     ("op_rows.wgsl", OP_ROWS),
+    ("op_attention.wgsl", OP_ATTENTION),
     ("op_gemm.wgsl", OP_GEMM),
     ("op_conv_f32.wgsl", OP_CONV_F32),
     ("op_conv_packed.wgsl", OP_CONV_PACKED),

@@ -325,7 +325,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 kestrel::ops::set_max_threads(t.max(1));
             }
             if kind == "attention" {
-                return bench_attention_cmd(attention, tokens, dim, heads, backend, runs, json);
+                return bench_attention_cmd(attention, tokens, dim, heads, backend, runs, json, &gpu);
             }
             if kind != "gemv" && kind != "gemm" {
                 return bench_model_cmd(std::path::Path::new(&kind), backend, runs, json, profile.then_some(top), &gpu);
@@ -607,6 +607,7 @@ fn load_runner(
 }
 
 /// Times one attention op on random [1, H, N, D] inputs (median after a warm-up).
+#[allow(clippy::too_many_arguments)]
 fn bench_attention_cmd(
     kind: AttentionArg,
     tokens: usize,
@@ -615,12 +616,8 @@ fn bench_attention_cmd(
     backend: BackendArg,
     runs: usize,
     json: bool,
+    gpu: &GpuArgs,
 ) -> Result<ExitCode> {
-    if backend != BackendArg::Cpu {
-        return Err(Error::Unsupported {
-            what: "attention on the GPU (the WGSL kernels are not built yet); use --backend cpu".into(),
-        });
-    }
     if tokens == 0 || dim == 0 || heads == 0 || runs == 0 {
         return Err(Error::InvalidArgument { reason: "--tokens, --dim, --heads and --runs must be positive".into() });
     }
@@ -631,20 +628,46 @@ fn bench_attention_cmd(
         })?;
     let mut rng = SplitMix64::new(3);
     let (q, k, v) = (rng.normal_vec(len), rng.normal_vec(len), rng.normal_vec(len));
-    let mut out = vec![0f32; len];
     let scale = 1.0 / (dim as f32).sqrt();
-    let mut once = || match kind {
-        AttentionArg::Care => kestrel::ops::linear_attention(&q, &shape, &k, &shape, &v, &shape, &mut out),
-        AttentionArg::Softmax => kestrel::ops::softmax_attention(&q, &shape, &k, &shape, &v, &shape, scale, &mut out),
+    let (ms, backend_name) = match backend {
+        BackendArg::Cpu => {
+            let mut out = vec![0f32; len];
+            let mut once = || match kind {
+                AttentionArg::Care => kestrel::ops::linear_attention(&q, &shape, &k, &shape, &v, &shape, &mut out),
+                AttentionArg::Softmax => {
+                    kestrel::ops::softmax_attention(&q, &shape, &k, &shape, &v, &shape, scale, &mut out)
+                }
+            };
+            (time_runs(runs, &mut once)?, format!("cpu ({} threads)", kestrel::ops::max_threads()))
+        }
+        BackendArg::Gpu => {
+            use kestrel::backend::gpu::graph_ops::{self as gops, GpuView};
+            let ctx = gpu.context()?;
+            // q, k, v and the output in one buffer, each on a 256-byte boundary.
+            let stride = len.next_multiple_of(64);
+            let mut host = vec![0f32; 4 * stride];
+            for (i, part) in [&q, &k, &v].into_iter().enumerate() {
+                host[i * stride..][..len].copy_from_slice(part);
+            }
+            let buf = ctx.storage_buffer("attention bench", bytemuck::cast_slice(&host))?;
+            let view = |i: usize| GpuView::new(&buf, (i * stride * 4) as u64, &shape);
+            let steps = match kind {
+                AttentionArg::Care => gops::linear_attention(&ctx, view(0), view(1), view(2), view(3))?,
+                AttentionArg::Softmax => gops::softmax_attention(&ctx, view(0), view(1), view(2), scale, view(3))?,
+            };
+            let mut once = || -> Result<()> {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    steps.iter().for_each(|s| s.encode(&mut pass));
+                }
+                ctx.queue.submit([enc.finish()]);
+                ctx.wait()
+            };
+            (time_runs(runs, &mut once)?, format!("gpu ({}, submit to completion)", ctx.info.name))
+        }
+        BackendArg::All => return Err(Error::InvalidArgument { reason: "bench runs one backend: cpu or gpu".into() }),
     };
-    once()?;
-    let mut ms = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = std::time::Instant::now();
-        once()?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(f64::total_cmp);
     let median = ms[ms.len() / 2];
     let p99 = ms[((ms.len() as f64 * 0.99).ceil() as usize).clamp(1, ms.len()) - 1];
     // Multiply-adds: CARE reduces keys (N D D) and applies (N D D); softmax scores and mixes (2 N^2 D).
@@ -654,7 +677,6 @@ fn bench_attention_cmd(
         AttentionArg::Softmax => 2.0 * h * n * n * d,
     };
     let name = if kind == AttentionArg::Care { "care" } else { "softmax" };
-    let backend_name = format!("cpu ({} threads)", kestrel::ops::max_threads());
     if json {
         println!(
             "{}",
@@ -668,6 +690,19 @@ fn bench_attention_cmd(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds of `runs` calls after one warm-up call, sorted.
+fn time_runs(runs: usize, once: &mut dyn FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    once()?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        once()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
 }
 
 fn bench_model_cmd(
