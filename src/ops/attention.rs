@@ -37,6 +37,22 @@ pub(crate) fn dims(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> R
     Ok((b * h, n, d, dv))
 }
 
+/// [`dims`] plus every operand's and the output's length.
+fn checked(
+    op: &'static str,
+    (q, qs): (&[f32], &[usize]),
+    (k, ks): (&[f32], &[usize]),
+    (v, vs): (&[f32], &[usize]),
+    out: &[f32],
+) -> Result<(usize, usize, usize, usize)> {
+    let (heads, n, d, dv) = dims(op, qs, ks, vs)?;
+    check_len(op, "q", q.len(), qs)?;
+    check_len(op, "k", k.len(), ks)?;
+    check_len(op, "v", v.len(), vs)?;
+    check_len(op, "output", out.len(), &[heads, n, dv])?;
+    Ok((heads, n, d, dv))
+}
+
 /// phi(x) = ELU(x) + 1.
 #[inline(always)]
 fn phi(x: f32) -> f32 {
@@ -58,12 +74,7 @@ pub fn linear_attention(
     v_shape: &[usize],
     out: &mut [f32],
 ) -> Result<()> {
-    let op = "linear_attention";
-    let (heads, n, d, dv) = dims(op, q_shape, k_shape, v_shape)?;
-    check_len(op, "q", q.len(), q_shape)?;
-    check_len(op, "k", k.len(), k_shape)?;
-    check_len(op, "v", v.len(), v_shape)?;
-    check_len(op, "output", out.len(), &[heads, n, dv])?;
+    let (heads, n, d, dv) = checked("linear_attention", (q, q_shape), (k, k_shape), (v, v_shape), out)?;
     let workers = workers_for(heads * n * d * dv, heads);
     // Per worker: KV (D x Dv), kmean (D), and one query's phi (D).
     let per_worker = d * dv + 2 * d;
@@ -119,14 +130,9 @@ pub fn softmax_attention(
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
-    let op = "softmax_attention";
-    let (heads, n, d, dv) = dims(op, q_shape, k_shape, v_shape)?;
-    check_len(op, "q", q.len(), q_shape)?;
-    check_len(op, "k", k.len(), k_shape)?;
-    check_len(op, "v", v.len(), v_shape)?;
-    check_len(op, "output", out.len(), &[heads, n, dv])?;
+    let (heads, n, d, dv) = checked("softmax_attention", (q, q_shape), (k, k_shape), (v, v_shape), out)?;
     if !scale.is_finite() {
-        return Err(Error::InvalidArgument { reason: format!("{op}: scale {scale} is not finite") });
+        return Err(Error::InvalidArgument { reason: format!("softmax_attention: scale {scale} is not finite") });
     }
     let rows = heads * n;
     let workers = workers_for(rows * n * (d + dv), rows);
