@@ -225,3 +225,36 @@ fn letterbox_centres_the_frame_on_grey_and_maps_boxes_back() {
     let half = resize_bilinear(&ramp, 2, 1);
     assert_eq!(half.data, vec![71, 207], "PIL: Image.fromarray([[0, 100, 200, 250]]).resize((2, 1), BILINEAR)");
 }
+
+#[test]
+fn jpeg_frames_read_like_png_ones() {
+    // LLVIP and M3FD ship JPEG: the same frames, encoded lossily, read back close to the originals
+    // and pair up in a dataset whatever their extension.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small(4);
+    for sub in ["visible", "infrared"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    for i in 0..3 {
+        let f = synth::frame(&opts, i);
+        for (sub, img, color) in
+            [("visible", &f.rgb, jpeg_encoder::ColorType::Rgb), ("infrared", &f.ir, jpeg_encoder::ColorType::Luma)]
+        {
+            let path = dir.path().join(sub).join(format!("{i:06}.jpg"));
+            let enc = jpeg_encoder::Encoder::new_file(&path, 95).unwrap();
+            enc.encode(&img.data, img.width as u16, img.height as u16, color).unwrap();
+            let back = Image::load(&path).unwrap();
+            assert_eq!((back.width, back.height, back.channels), (img.width, img.height, img.channels));
+            let mean_err = back.data.iter().zip(&img.data).map(|(a, b)| a.abs_diff(*b) as f32).sum::<f32>()
+                / img.data.len() as f32;
+            assert!(mean_err < 4.0, "{sub} {i}: mean error {mean_err} grey levels");
+        }
+    }
+    let ds = Dataset::open(dir.path()).unwrap();
+    assert_eq!(ds.samples.len(), 3);
+    // A file that claims to be a JPEG and is not is named.
+    let bad = dir.path().join("bad.jpg");
+    std::fs::write(&bad, [0xFF, 0xD8, 0xFF, 0x00, 1, 2, 3]).unwrap();
+    let e = Image::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.jpg") && e.contains("JPEG"), "{e}");
+}

@@ -1,8 +1,10 @@
-//! 8-bit images in memory and as PNG files: the frames `synth` writes and `detect` reads.
+//! 8-bit images in memory and as files: the frames `synth` writes and `detect` reads.
 //!
-//! An [`Image`] is row-major, interleaved, 1 (gray) or 3 (RGB) channels. PNG is the only codec:
-//! lossless, so a generated dataset reads back exactly, and the `png` crate is small. Gray+alpha
-//! and RGBA files are accepted and their alpha dropped; 16-bit files are reduced to 8 bits.
+//! An [`Image`] is row-major, interleaved, 1 (gray) or 3 (RGB) channels. Writing is PNG only:
+//! lossless, so a generated dataset reads back exactly. Reading takes PNG and JPEG (LLVIP and
+//! M3FD ship JPEG), told apart by their first bytes, not the file name. Gray+alpha and RGBA PNGs
+//! are accepted and their alpha dropped; 16-bit PNGs are reduced to 8 bits; CMYK JPEGs are
+//! refused by name.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -65,6 +67,41 @@ impl Image {
         let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
         w.write_image_data(&self.data).map_err(|e| err(e.to_string()))?;
         w.finish().map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a PNG or a JPEG (by content) as 1 or 3 channels of 8 bits.
+    pub fn load(path: &Path) -> Result<Image> {
+        let mut magic = [0u8; 2];
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let _ = std::io::Read::read(&mut file, &mut magic).map_err(|e| Error::io(path, e))?;
+        if magic == [0xFF, 0xD8] {
+            Image::load_jpeg(path)
+        } else {
+            Image::load_png(path)
+        }
+    }
+
+    /// Reads a baseline or progressive JPEG (gray or RGB).
+    pub fn load_jpeg(path: &Path) -> Result<Image> {
+        let err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut dec = jpeg_decoder::Decoder::new(std::io::BufReader::new(file));
+        dec.read_info().map_err(|e| err(format!("not a readable JPEG ({e})")))?;
+        let info = dec.info().ok_or_else(|| err("no JPEG header".into()))?;
+        let (width, height) = (info.width as usize, info.height as usize);
+        if width == 0 || height == 0 || width > MAX_SIDE as usize || height > MAX_SIDE as usize {
+            return Err(err(format!("size {width}x{height} is outside 1..={MAX_SIDE}")));
+        }
+        let channels = match info.pixel_format {
+            jpeg_decoder::PixelFormat::L8 => 1,
+            jpeg_decoder::PixelFormat::RGB24 => 3,
+            other => return Err(err(format!("unsupported JPEG pixel format {other:?}"))),
+        };
+        let data = dec.decode().map_err(|e| err(format!("truncated or corrupt JPEG ({e})")))?;
+        if data.len() != width * height * channels {
+            return Err(err("JPEG pixel data does not match the header".into()));
+        }
+        Ok(Image { width, height, channels, data })
     }
 
     /// Reads a PNG as 1 or 3 channels of 8 bits.

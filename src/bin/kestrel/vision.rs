@@ -97,7 +97,7 @@ struct Pair {
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Option<Image>> {
-    path.as_deref().map(Image::load_png).transpose()
+    path.as_deref().map(Image::load).transpose()
 }
 
 /// Pairs from `--rgb`/`--ir` (files or folders) or `--dataset`.
@@ -130,7 +130,9 @@ fn pairs(det: &Detector, rgb: Option<&Path>, ir: Option<&Path>, dataset: Option<
                     .map_err(|e| Error::io(d, e))?
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+                    .filter(|p| {
+                        p.extension().is_some_and(|e| ["png", "jpg", "jpeg"].iter().any(|x| e.eq_ignore_ascii_case(x)))
+                    })
                     .collect();
                 files.sort();
                 let on_rgb = rgb.is_some();
@@ -222,8 +224,8 @@ pub fn eval_cmd(
     let (mut results, mut conditions, mut ms) = (Vec::new(), Vec::new(), Vec::new());
     let (need_rgb, need_ir) = (det.needs(Modality::Rgb), det.needs(Modality::Ir));
     for (n, s) in samples.iter().enumerate() {
-        let rgb = if need_rgb || !need_ir { Some(Image::load_png(&s.rgb)?) } else { None };
-        let ir = if need_ir { Some(Image::load_png(&s.ir)?) } else { None };
+        let rgb = if need_rgb || !need_ir { Some(Image::load(&s.rgb)?) } else { None };
+        let ir = if need_ir { Some(Image::load(&s.ir)?) } else { None };
         let frame = rgb.as_ref().or(ir.as_ref()).expect("one frame is loaded");
         let ann = ds.annotation(s, (frame.width, frame.height), &classes)?;
         let started = std::time::Instant::now();
