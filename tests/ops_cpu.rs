@@ -1658,3 +1658,75 @@ fn linear_and_softmax_attention_match_their_twins() {
         ops::softmax_attention(&x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], &x, &[1, 1, 6, 4], 1.0, &mut out[1..]).is_err()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Delta convolution
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error() {
+    let mut r = rng("delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error");
+    let conv = |strides, pads, dilations, group| Conv2d { strides, pads, dilations, group, ..Conv2d::default() };
+    let cases = [
+        ([1, 4, 9, 11], [6, 4, 3, 3], conv([1, 1], [1; 4], [1, 1], 1)),
+        ([2, 6, 10, 9], [6, 2, 3, 3], conv([2, 2], [1, 0, 2, 1], [1, 1], 3)),
+        ([1, 3, 12, 12], [5, 3, 3, 2], conv([1, 2], [2; 4], [2, 1], 1)),
+        ([1, 8, 7, 7], [8, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 8)),
+    ];
+    for (xs, ws, p) in cases {
+        let w = r.normal_vec(numel(&ws));
+        let b = r.normal_vec(ws[0]);
+        let os = ops::conv2d_output_shape(&xs, &ws, &p).unwrap();
+        let mut x = r.normal_vec(numel(&xs));
+        // theta = 0: every change fires, and the accumulated output is the dense conv.
+        let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+        delta.step(&x).unwrap(); // the first step is a keyframe
+        for frame in 0..4 {
+            // A sparse change: a fifth of the inputs move.
+            for v in x.iter_mut() {
+                if r.unit() < 0.2 {
+                    *v += r.normal();
+                }
+            }
+            delta.step(&x).unwrap();
+            assert!(delta.fired() < x.len(), "only the moved inputs fire");
+            let reference = ref_conv2d(&x, xs, &w, ws, Some(&b), &p);
+            assert_close(&format!("delta conv x {xs:?} w {ws:?} frame {frame}"), delta.output(), &reference);
+        }
+        // theta > 0: small moves do not fire, and the output stays within theta * sum|W| of the
+        // dense conv (per output), without drifting over many frames.
+        let theta = 0.05;
+        let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, theta).unwrap();
+        delta.keyframe(&x).unwrap();
+        let per_output: f64 = (0..ws[0])
+            .map(|m| w[m * numel(&ws[1..])..][..numel(&ws[1..])].iter().map(|v| v.abs() as f64).sum::<f64>())
+            .fold(0.0, f64::max);
+        for _ in 0..20 {
+            for v in x.iter_mut() {
+                *v += 0.01 * r.normal();
+            }
+            delta.step(&x).unwrap();
+        }
+        let reference = ref_conv2d(&x, xs, &w, ws, Some(&b), &p);
+        let worst = delta.output().iter().zip(&reference).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= theta as f64 * per_output + 1e-4, "{worst} > {theta} x {per_output}");
+        assert_eq!(delta.output_shape(), os);
+    }
+    // Bad arguments are errors.
+    let (xs, ws) = ([1, 2, 4, 4], [2, 2, 1, 1]);
+    let w = vec![1.0; 4];
+    assert!(ops::DeltaConv2d::new(&xs, &w, &ws, None, &Conv2d::default(), -1.0).is_err());
+    let silu = Conv2d { activation: Activation::Silu, ..Conv2d::default() };
+    assert!(ops::DeltaConv2d::new(&xs, &w, &ws, None, &silu, 0.1).is_err());
+    let mut d = ops::DeltaConv2d::new(&xs, &w, &ws, None, &Conv2d::default(), 0.1).unwrap();
+    assert!(d.step(&[0.0; 5]).is_err());
+    // A step after the keyframe allocates nothing.
+    let x = r.normal_vec(32);
+    d.step(&x).unwrap();
+    let moved: Vec<f32> = x.iter().map(|v| v + 0.5).collect();
+    let n = allocations_during(|| {
+        d.step(&moved).unwrap();
+    });
+    assert_eq!(n, 0, "a delta step allocated {n} times");
+    assert_eq!(d.fired(), 32);
+}

@@ -31,6 +31,7 @@
 //! | [`linear`] | `Gemm` with `transB = 1` (x W^T + b) | `matmul.rs` |
 //! | [`layer_norm`] | `LayerNormalization` | `norm.rs` |
 //! | [`linear_attention`] (CARE), [`softmax_attention`] | (native ops, [B, H, N, D]) | `attention.rs` |
+//! | [`DeltaConv2d`] (temporal delta state of one conv layer) | (stream mode of `Conv`) | `delta.rs` |
 //!
 //! Reshape, Flatten, Squeeze and Unsqueeze move no data in row-major layout: the executor aliases
 //! the buffer with the new shape.
@@ -38,6 +39,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod delta;
 mod elementwise;
 mod gemm;
 mod math;
@@ -55,6 +57,7 @@ pub use activation::{
 pub(crate) use attention::dims as attention_dims;
 pub use attention::{linear_attention, softmax_attention, CARE_EPSILON};
 pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
+pub use delta::DeltaConv2d;
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};
 pub use gemm::{force_kernel, kernel_name, Kernel as CpuKernel};
 pub use matmul::{linear, matmul, matmul_output_shape};
