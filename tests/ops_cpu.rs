@@ -1730,3 +1730,19 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
     assert_eq!(n, 0, "a delta step allocated {n} times");
     assert_eq!(d.fired(), 32);
 }
+
+#[test]
+fn conv_with_no_input_channels_gives_its_bias() {
+    // C = 0: no taps at all, so every output is its bias (then the activation), on every path.
+    let (xs, ws) = ([1, 0, 5, 5], [8, 0, 3, 3]);
+    let bias: Vec<f32> = (0..8).map(|m| m as f32 - 3.5).collect();
+    let p = Conv2d { pads: [1; 4], activation: Activation::Relu, ..Conv2d::default() };
+    let mut out = vec![f32::NAN; 8 * 25];
+    ops::conv2d(&[], &xs, &[], &ws, Some(&bias), &p, &mut out).unwrap();
+    let want: Vec<f32> = (0..8 * 25).map(|i| bias[i / 25].max(0.0)).collect();
+    assert_eq!(out, want);
+    let packed = ops::PackedConvWeights::new(&[], &ws, 1).unwrap();
+    let mut again = vec![f32::NAN; 8 * 25];
+    ops::conv2d_packed(&[], &xs, &packed, Some(&bias), &p, &mut again).unwrap();
+    assert_eq!(again, want);
+}

@@ -198,7 +198,8 @@ impl PackedConvWeights {
             return Err(Error::shape(op, format!("M divisible by group {group}"), m));
         }
         let mg = m / group;
-        let (kernel, data) = if mg < DIRECT_MAX_MG {
+        // No taps at all (C = 0: every output is its bias) also takes the direct path.
+        let (kernel, data) = if mg < DIRECT_MAX_MG || cg * kh * kw == 0 {
             (None, w.to_vec())
         } else {
             let kern = Kernel::current();
@@ -287,9 +288,9 @@ fn conv2d_with(
         return Ok(());
     }
     // Packed weights of the same shape took the same path when they were packed: plain rows
-    // (kernel None) exactly when mg < DIRECT_MAX_MG.
+    // (kernel None) exactly when mg < DIRECT_MAX_MG or there are no taps (k = 0).
     let tiles = match w {
-        Weights::Plain(data) if g.mg >= DIRECT_MAX_MG => WeightTiles::Pack(data),
+        Weights::Plain(data) if g.mg >= DIRECT_MAX_MG && g.k() > 0 => WeightTiles::Pack(data),
         Weights::Packed(PackedConvWeights { kernel: Some(kern), data, .. }) => WeightTiles::Packed(*kern, data),
         Weights::Plain(data) => {
             conv_direct(&g, x, data, bias, &p.activation, out);
