@@ -550,36 +550,35 @@ thread_local! {
     /// Per-thread scratch (packed operands, im2col tiles, GEMM tails): grows to the largest
     /// layer, then is reused, so a steady-state op on the calling thread does not allocate.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread index scratch (the implicit-GEMM row offsets, pooling tap tables), reused alike.
+    static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with `len` floats of this thread's scratch (contents unspecified).
-pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+/// Runs `f` with `len` entries of the thread-local buffer `key`, grown as needed and kept
+/// (contents unspecified).
+fn with_reused<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
         // Re-entered on this thread (the ops never do): use a private buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 
-thread_local! {
-    /// Per-thread index scratch (the implicit-GEMM row offsets), reused like [`SCRATCH`].
-    static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+/// Runs `f` with `len` floats of this thread's scratch (contents unspecified).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_reused(&SCRATCH, len, f)
 }
 
 /// Runs `f` with `len` entries of this thread's index scratch (contents unspecified).
 pub(crate) fn with_offsets<R>(len: usize, f: impl FnOnce(&mut [usize]) -> R) -> R {
-    OFFSETS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0; len]),
-    })
+    with_reused(&OFFSETS, len, f)
 }
