@@ -1716,8 +1716,7 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
     let (xs, ws) = ([1, 2, 4, 4], [2, 2, 1, 1]);
     let w = vec![1.0; 4];
     assert!(ops::DeltaConv2d::new(&xs, &w, &ws, None, &Conv2d::default(), -1.0).is_err());
-    let silu = Conv2d { activation: Activation::Silu, ..Conv2d::default() };
-    assert!(ops::DeltaConv2d::new(&xs, &w, &ws, None, &silu, 0.1).is_err());
+    assert!(ops::DeltaConv2d::new(&xs, &w, &ws, None, &Conv2d::default(), f32::NAN).is_err());
     let mut d = ops::DeltaConv2d::new(&xs, &w, &ws, None, &Conv2d::default(), 0.1).unwrap();
     assert!(d.step(&[0.0; 5]).is_err());
     // A step after the keyframe allocates nothing.
@@ -1729,6 +1728,95 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
     });
     assert_eq!(n, 0, "a delta step allocated {n} times");
     assert_eq!(d.fired(), 32);
+}
+
+#[test]
+fn delta_conv_applies_its_activation_to_the_accumulated_output_and_keys_when_too_much_fires() {
+    let mut r = rng("delta_conv_applies_its_activation_to_the_accumulated_output_and_keys_when_too_much_fires");
+    let (xs, ws) = ([1, 5, 8, 8], [7, 5, 3, 3]);
+    let p = Conv2d { pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() };
+    let w = r.normal_vec(numel(&ws));
+    let b = r.normal_vec(7);
+    let mut x = r.normal_vec(numel(&xs));
+    let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    assert!(delta.step_bounded(&x, usize::MAX).unwrap().keyed, "the first step is a keyframe");
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    for frame in 0..3 {
+        // A patch moves: only the outputs its taps reach change.
+        for v in &mut x[(frame * 64 + 9)..(frame * 64 + 20)] {
+            *v += r.normal();
+        }
+        let step = delta.step_bounded(&x, usize::MAX).unwrap();
+        assert!(!step.keyed && step.fired == 11, "{step:?}");
+        assert!(step.macs > 0 && step.macs <= 11 * 9 * 7, "work is proportional to the fired inputs: {step:?}");
+        let reference: Vec<f64> =
+            ref_conv2d(&x, xs, &w, ws, Some(&b), &Conv2d { activation: Activation::None, ..p.clone() })
+                .into_iter()
+                .map(silu)
+                .collect();
+        assert_close(&format!("delta silu conv frame {frame}"), delta.output(), &reference);
+    }
+    // Past the bound the step is the dense conv, and the state restarts from it.
+    for v in x.iter_mut() {
+        *v += 1.0;
+    }
+    let step = delta.step_bounded(&x, x.len() / 2).unwrap();
+    assert!(step.keyed && step.macs == delta.dense_macs(), "{step:?}");
+    assert_eq!(delta.reference_input(), &x[..]);
+    // reset() makes the next step a keyframe even when nothing moved.
+    delta.reset();
+    assert!(delta.step_bounded(&x, usize::MAX).unwrap().keyed);
+    assert!(!delta.step_bounded(&x, usize::MAX).unwrap().keyed);
+    assert_eq!(delta.fired(), 0, "nothing moved, nothing fires");
+}
+
+#[test]
+fn delta_linear_tracks_the_dense_layer_and_theta_bounds_the_error() {
+    let mut r = rng("delta_linear_tracks_the_dense_layer_and_theta_bounds_the_error");
+    let (rows, n, k) = (3, 10, 37);
+    let w = r.normal_vec(n * k);
+    let b = r.normal_vec(n);
+    let mut x = r.normal_vec(rows * k);
+    let dense = |x: &[f32]| -> Vec<f64> {
+        (0..rows * n)
+            .map(|o| {
+                let (row, j) = (o / n, o % n);
+                b[j] as f64 + (0..k).map(|i| x[row * k + i] as f64 * w[j * k + i] as f64).sum::<f64>()
+            })
+            .collect()
+    };
+    let mut delta = ops::DeltaLinear::new(rows, &w, n, k, Some(&b), 0.0).unwrap();
+    delta.step(&x).unwrap();
+    for frame in 0..4 {
+        for v in x.iter_mut() {
+            if r.unit() < 0.1 {
+                *v += r.normal();
+            }
+        }
+        delta.step(&x).unwrap();
+        let s = delta.last_step();
+        assert!(!s.keyed && s.macs == (s.fired * n) as u64, "{s:?}");
+        assert_close(&format!("delta linear frame {frame}"), delta.output(), &dense(&x));
+    }
+    let theta = 0.05;
+    let mut delta = ops::DeltaLinear::new(rows, &w, n, k, Some(&b), theta).unwrap();
+    delta.keyframe(&x).unwrap();
+    let per_output = (0..n).map(|j| w[j * k..][..k].iter().map(|v| v.abs() as f64).sum::<f64>()).fold(0.0, f64::max);
+    for _ in 0..30 {
+        for v in x.iter_mut() {
+            *v += 0.01 * r.normal();
+        }
+        delta.step(&x).unwrap();
+    }
+    let worst = delta.output().iter().zip(dense(&x)).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= theta as f64 * per_output + 1e-4, "{worst} > {theta} x {per_output}");
+    assert!(ops::DeltaLinear::new(rows, &w, n, k + 1, None, 0.1).is_err());
+    assert!(ops::DeltaLinear::new(rows, &w, n, k, None, -0.1).is_err());
+    let moved: Vec<f32> = x.iter().map(|v| v + 1.0).collect();
+    let allocs = allocations_during(|| {
+        delta.step(&moved).unwrap();
+    });
+    assert_eq!(allocs, 0, "a delta linear step allocated {allocs} times");
 }
 
 #[test]

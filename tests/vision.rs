@@ -70,7 +70,7 @@ fn map_matches_pycocotools_on_the_committed_fixture() {
 }
 
 fn small(seed: u64) -> SynthOptions {
-    SynthOptions { width: 96, height: 72, seed, sequence: None }
+    SynthOptions { width: 96, height: 72, seed, ..SynthOptions::default() }
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn synth_is_deterministic_and_seeds_differ() {
 
 #[test]
 fn synth_boxes_lie_in_the_frame_and_name_known_classes() {
-    let opts = SynthOptions { width: 160, height: 120, seed: 11, sequence: None };
+    let opts = SynthOptions { width: 160, height: 120, seed: 11, ..SynthOptions::default() };
     let mut total = 0;
     for i in 0..40 {
         let f = synth::frame(&opts, i);
@@ -116,7 +116,7 @@ fn object_contrast(img: &Image, labels: &[kestrel::vision::annotations::Label]) 
 
 #[test]
 fn synth_physics_night_is_dark_in_rgb_and_people_stay_warm_in_ir() {
-    let opts = SynthOptions { width: 160, height: 120, seed: 5, sequence: None };
+    let opts = SynthOptions { width: 160, height: 120, seed: 5, ..SynthOptions::default() };
     let (mut night_rgb, mut day_rgb, mut night_person_ir, mut night_person_rgb) = (vec![], vec![], vec![], vec![]);
     for i in 0..150 {
         let f = synth::frame(&opts, i);
@@ -146,7 +146,7 @@ fn synth_physics_night_is_dark_in_rgb_and_people_stay_warm_in_ir() {
 
 #[test]
 fn synth_sequences_move_objects_between_frames() {
-    let opts = SynthOptions { width: 128, height: 96, seed: 2, sequence: Some(8) };
+    let opts = SynthOptions { width: 128, height: 96, seed: 2, sequence: Some(8), ..SynthOptions::default() };
     let (a, b) = (synth::frame(&opts, 0), synth::frame(&opts, 7));
     assert_eq!(a.clip, Some((0, 0)));
     assert_eq!(b.clip, Some((0, 7)));

@@ -1,5 +1,6 @@
 //! The CPU executor: the graph's prepared steps over one activation arena.
 
+use super::delta::{DeltaMode, DeltaOptions, DeltaStats, Layer};
 use super::prepare::{prepare, Kind, Loc, Operand, Step, MAX_FANOUT};
 use crate::error::{Error, Result};
 use crate::graph::plan::MemoryPlan;
@@ -20,6 +21,8 @@ pub struct CpuExecutor {
     plan: MemoryPlan,
     /// Seconds spent in each step over the runs since profiling was enabled (empty when off).
     profile: Vec<f64>,
+    /// Stream state when running in delta mode (see [`CpuExecutor::enable_delta`]).
+    delta: Option<Box<DeltaMode>>,
 }
 
 impl CpuExecutor {
@@ -48,7 +51,104 @@ impl CpuExecutor {
             outputs: p.outputs,
             plan: p.plan,
             profile: Vec::new(),
+            delta: None,
         })
+    }
+
+    /// Runs the following frames in delta mode (module `delta`): every conv and linear step
+    /// with constant weights keeps a temporal state and computes only what changed. The first
+    /// frame is a keyframe. Replaces any earlier delta state.
+    pub fn enable_delta(&mut self, opts: DeltaOptions) -> Result<()> {
+        let mut layers = Vec::with_capacity(self.steps.len());
+        let mut reads_input = Vec::with_capacity(self.steps.len());
+        let mut other_macs = 0;
+        for step in &self.steps {
+            let layer = self.delta_layer(step, opts.theta_of(&step.name))?;
+            if layer.is_none() {
+                other_macs += step.macs();
+            }
+            layers.push(layer);
+            reads_input.push(step.inputs.iter().any(|o| matches!(o.loc, Loc::Input(_))));
+        }
+        let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
+        self.delta = Some(Box::new(DeltaMode::new(opts, layers, reads_input, &names, other_macs)?));
+        Ok(())
+    }
+
+    /// The delta state of `step`, if it is a conv or linear step with constant weights.
+    fn delta_layer(&self, step: &Step, theta: f32) -> Result<Option<Layer>> {
+        let constant = |o: Option<&Operand>| match o {
+            Some(Operand { loc: Loc::Const(c), len, .. }) => Some(Some(&self.consts[*c][..*len])),
+            Some(_) => None,
+            None => Some(None),
+        };
+        let (i, o) = (&step.inputs, &step.outputs);
+        Ok(match &step.kind {
+            Kind::Conv(p) => match (constant(i.get(1)), constant(i.get(2))) {
+                (Some(Some(w)), Some(bias)) => {
+                    Some(Layer::Conv(ops::DeltaConv2d::new(&i[0].shape, w, &i[1].shape, bias, p, theta)?))
+                }
+                _ => None,
+            },
+            Kind::Linear(transposed) if i[0].shape.len() == 2 => {
+                let w = match transposed {
+                    Some(c) => Some(Some(&self.consts[*c][..])),
+                    None => constant(i.get(1)),
+                };
+                match (w, constant(i.get(2))) {
+                    (Some(Some(w)), Some(bias)) => {
+                        let ([rows, k], n) = ([i[0].shape[0], i[0].shape[1]], o[0].shape[1]);
+                        Some(Layer::Linear(ops::DeltaLinear::new(rows, w, n, k, bias, theta)?))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
+    /// Per delta layer (node name): the root mean square of its reference input, the scale its
+    /// theta is relative to (`kestrel calibrate-delta` sets theta = t x this scale).
+    pub fn delta_input_rms(&self) -> Vec<(String, f32)> {
+        let Some(d) = &self.delta else { return Vec::new() };
+        self.steps
+            .iter()
+            .zip(&d.layers)
+            .filter_map(|(s, l)| l.as_ref().map(|l| (s, l.reference_input())))
+            .map(|(s, x)| {
+                let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len().max(1) as f64;
+                (s.name.clone(), ms.sqrt() as f32)
+            })
+            .collect()
+    }
+
+    /// Back to dense runs.
+    pub fn disable_delta(&mut self) {
+        self.delta = None;
+    }
+
+    /// Totals of the delta stream (None when not in delta mode).
+    pub fn delta_stats(&self) -> Option<&DeltaStats> {
+        self.delta.as_deref().map(|d| &d.stats)
+    }
+
+    /// Zeroes the delta totals (the stream state is kept).
+    pub fn reset_delta_stats(&mut self) {
+        if let Some(d) = &mut self.delta {
+            d.reset_stats();
+        }
+    }
+
+    /// Makes the next frame a keyframe (a new clip, a camera that restarted).
+    pub fn reset_delta(&mut self) {
+        if let Some(d) = &mut self.delta {
+            d.reset();
+        }
+    }
+
+    /// Multiply-adds of one dense run (conv, linear and matmul steps).
+    pub fn dense_macs(&self) -> u64 {
+        self.steps.iter().map(Step::macs).sum()
     }
 
     /// Starts (or stops) accumulating the time spent in each step.
@@ -106,6 +206,7 @@ impl CpuExecutor {
         let arena_len = self.arena.len();
         let base = self.arena.as_mut_ptr();
         let profiling = !self.profile.is_empty();
+        let mut frame = self.delta.as_mut().map(|d| d.begin());
         for (si, step) in self.steps.iter().enumerate() {
             let started = profiling.then(std::time::Instant::now);
             let get = |o: &Operand| -> &[f32] {
@@ -134,66 +235,79 @@ impl CpuExecutor {
                 }
             };
             let (i, o) = (&step.inputs, &step.outputs);
-            let result = match &step.kind {
-                Kind::Conv(p) => {
-                    let bias = i.get(2).map(get);
-                    match &self.packed[si] {
-                        Some(w) => ops::conv2d_packed(get(&i[0]), &i[0].shape, w, bias, p, put(&o[0])),
-                        None => ops::conv2d(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, bias, p, put(&o[0])),
+            let delta_step = match (&mut self.delta, &mut frame) {
+                (Some(d), Some(f)) if d.layers[si].is_some() => Some((d, f)),
+                _ => None,
+            };
+            let result = match (&step.kind, delta_step) {
+                (_, Some((d, f))) => d.run(si, get(&i[0]), f).map(|y| put(&o[0]).copy_from_slice(y)),
+                (kind, None) => match kind {
+                    Kind::Conv(p) => {
+                        let bias = i.get(2).map(get);
+                        match &self.packed[si] {
+                            Some(w) => ops::conv2d_packed(get(&i[0]), &i[0].shape, w, bias, p, put(&o[0])),
+                            None => ops::conv2d(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, bias, p, put(&o[0])),
+                        }
                     }
-                }
-                Kind::Binary(op) => ops::binary(*op, get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
-                Kind::Act(a) => ops::activation(get(&i[0]), &i[0].shape, a, put(&o[0])),
-                Kind::MaxPool(p) => ops::max_pool2d(get(&i[0]), &i[0].shape, p, put(&o[0])),
-                Kind::AvgPool(p) => ops::avg_pool2d(get(&i[0]), &i[0].shape, p, put(&o[0])),
-                Kind::GlobalAvgPool => ops::global_avg_pool(get(&i[0]), &i[0].shape, put(&o[0])),
-                Kind::Resize(p) => ops::resize(get(&i[0]), &i[0].shape, &o[0].shape, p, put(&o[0])),
-                Kind::Concat(axis) => {
-                    let mut parts: heapless::Vec<(&[f32], &[usize]), MAX_FANOUT> = heapless::Vec::new();
-                    for x in i {
-                        let _ = parts.push((get(x), &x.shape));
+                    Kind::Binary(op) => ops::binary(*op, get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
+                    Kind::Act(a) => ops::activation(get(&i[0]), &i[0].shape, a, put(&o[0])),
+                    Kind::MaxPool(p) => ops::max_pool2d(get(&i[0]), &i[0].shape, p, put(&o[0])),
+                    Kind::AvgPool(p) => ops::avg_pool2d(get(&i[0]), &i[0].shape, p, put(&o[0])),
+                    Kind::GlobalAvgPool => ops::global_avg_pool(get(&i[0]), &i[0].shape, put(&o[0])),
+                    Kind::Resize(p) => ops::resize(get(&i[0]), &i[0].shape, &o[0].shape, p, put(&o[0])),
+                    Kind::Concat(axis) => {
+                        let mut parts: heapless::Vec<(&[f32], &[usize]), MAX_FANOUT> = heapless::Vec::new();
+                        for x in i {
+                            let _ = parts.push((get(x), &x.shape));
+                        }
+                        ops::concat(&parts, *axis, put(&o[0]))
                     }
-                    ops::concat(&parts, *axis, put(&o[0]))
-                }
-                Kind::Split { axis, sizes } => {
-                    let mut outs: heapless::Vec<&mut [f32], MAX_FANOUT> = heapless::Vec::new();
-                    for x in o {
-                        let _ = outs.push(put(x));
+                    Kind::Split { axis, sizes } => {
+                        let mut outs: heapless::Vec<&mut [f32], MAX_FANOUT> = heapless::Vec::new();
+                        for x in o {
+                            let _ = outs.push(put(x));
+                        }
+                        ops::split(get(&i[0]), &i[0].shape, *axis, sizes, &mut outs)
                     }
-                    ops::split(get(&i[0]), &i[0].shape, *axis, sizes, &mut outs)
-                }
-                Kind::Slice { starts, ends, axes, steps } => {
-                    ops::slice(get(&i[0]), &i[0].shape, starts, ends, Some(axes), Some(steps), put(&o[0]))
-                }
-                Kind::Transpose(perm) => ops::transpose(get(&i[0]), &i[0].shape, perm, put(&o[0])),
-                Kind::Copy => {
-                    put(&o[0]).copy_from_slice(get(&i[0]));
-                    Ok(())
-                }
-                Kind::Softmax(axis) => ops::softmax(get(&i[0]), &i[0].shape, *axis, put(&o[0])),
-                Kind::MatMul => ops::matmul(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
-                Kind::Linear(transposed) => {
-                    let w_shape = [o[0].shape[1], i[0].shape[1]];
-                    let w = match transposed {
-                        Some(c) => &self.consts[*c][..],
-                        None => get(&i[1]),
-                    };
-                    ops::linear(get(&i[0]), &i[0].shape, w, &w_shape, i.get(2).map(get), put(&o[0]))
-                }
-                Kind::LayerNorm { axis, epsilon } => {
-                    ops::layer_norm(get(&i[0]), &i[0].shape, *axis, get(&i[1]), i.get(2).map(get), *epsilon, put(&o[0]))
-                }
-                Kind::ChannelAffine { scale, shift } => {
-                    let x = get(&i[0]);
-                    let y = put(&o[0]);
-                    let c = i[0].shape.get(1).copied().unwrap_or(1);
-                    let inner: usize = i[0].shape.iter().skip(2).product();
-                    for (idx, (yv, &xv)) in y.iter_mut().zip(x).enumerate() {
-                        let ch = (idx / inner.max(1)) % c.max(1);
-                        *yv = xv * scale[ch] + shift[ch];
+                    Kind::Slice { starts, ends, axes, steps } => {
+                        ops::slice(get(&i[0]), &i[0].shape, starts, ends, Some(axes), Some(steps), put(&o[0]))
                     }
-                    Ok(())
-                }
+                    Kind::Transpose(perm) => ops::transpose(get(&i[0]), &i[0].shape, perm, put(&o[0])),
+                    Kind::Copy => {
+                        put(&o[0]).copy_from_slice(get(&i[0]));
+                        Ok(())
+                    }
+                    Kind::Softmax(axis) => ops::softmax(get(&i[0]), &i[0].shape, *axis, put(&o[0])),
+                    Kind::MatMul => ops::matmul(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
+                    Kind::Linear(transposed) => {
+                        let w_shape = [o[0].shape[1], i[0].shape[1]];
+                        let w = match transposed {
+                            Some(c) => &self.consts[*c][..],
+                            None => get(&i[1]),
+                        };
+                        ops::linear(get(&i[0]), &i[0].shape, w, &w_shape, i.get(2).map(get), put(&o[0]))
+                    }
+                    Kind::LayerNorm { axis, epsilon } => ops::layer_norm(
+                        get(&i[0]),
+                        &i[0].shape,
+                        *axis,
+                        get(&i[1]),
+                        i.get(2).map(get),
+                        *epsilon,
+                        put(&o[0]),
+                    ),
+                    Kind::ChannelAffine { scale, shift } => {
+                        let x = get(&i[0]);
+                        let y = put(&o[0]);
+                        let c = i[0].shape.get(1).copied().unwrap_or(1);
+                        let inner: usize = i[0].shape.iter().skip(2).product();
+                        for (idx, (yv, &xv)) in y.iter_mut().zip(x).enumerate() {
+                            let ch = (idx / inner.max(1)) % c.max(1);
+                            *yv = xv * scale[ch] + shift[ch];
+                        }
+                        Ok(())
+                    }
+                },
             };
             result.map_err(|e| Error::GraphNode {
                 node: step.name.clone(),

@@ -35,6 +35,7 @@ pub struct GpuExecutor {
     staging: wgpu::Buffer,
     arena_bytes: usize,
     packed_convs: usize,
+    dense_macs: u64,
     _consts: Vec<wgpu::Buffer>,
     _packed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
@@ -147,6 +148,7 @@ impl GpuExecutor {
             steps.extend(made);
         }
         Ok(Self {
+            dense_macs: p.steps.iter().map(super::prepare::Step::macs).sum(),
             steps,
             arena,
             inputs,
@@ -183,6 +185,11 @@ impl GpuExecutor {
     }
 
     /// Dispatches per run.
+    /// Multiply-adds of one run (conv, linear and matmul steps).
+    pub fn dense_macs(&self) -> u64 {
+        self.dense_macs
+    }
+
     pub fn dispatches(&self) -> usize {
         self.steps.len()
     }

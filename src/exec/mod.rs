@@ -2,8 +2,10 @@
 //! locations from the memory plan) so a run only copies the inputs in and calls the kernels.
 
 mod cpu;
+pub mod delta;
 mod gpu;
 mod prepare;
 
 pub use cpu::{kpak_weights, CpuExecutor};
+pub use delta::{DeltaLayerStats, DeltaOptions, DeltaStats};
 pub use gpu::GpuExecutor;

@@ -334,3 +334,16 @@ fn kind(g: &Graph, node: &Node, consts: &mut Vec<Vec<f32>>, slot: &[Option<usize
         other => return unsupported(format!("no CPU kernel for {other}")),
     })
 }
+
+impl Step {
+    /// Multiply-adds of one dense run of this step (0 for ops that do none).
+    pub(crate) fn macs(&self) -> u64 {
+        let (i, o) = (&self.inputs, &self.outputs);
+        let out: usize = o.first().map_or(0, |o| o.len);
+        (match &self.kind {
+            Kind::Conv(_) => out * i[1].shape[1..].iter().product::<usize>(),
+            Kind::Linear(_) | Kind::MatMul => out * i[0].shape.last().copied().unwrap_or(0),
+            _ => 0,
+        }) as u64
+    }
+}

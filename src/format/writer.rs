@@ -35,6 +35,50 @@ impl KpakWriter {
         Self::default()
     }
 
+    /// A writer holding everything `pak` holds: its metadata, every tensor byte for byte, and
+    /// its graph. For rewriting a model with changed metadata (calibration results).
+    pub fn from_kpak(pak: &super::reader::Kpak) -> Self {
+        let tensors = pak
+            .tensors()
+            .iter()
+            .map(|t| {
+                let mut flags = 0;
+                match t.scheme {
+                    Scheme::Q4 { symmetric: true, .. } => flags |= FLAG_SYMMETRIC,
+                    Scheme::Fp4 { scale: Fp4Scale::F16, .. } => flags |= FLAG_FP4_SCALE_F16,
+                    _ => {}
+                }
+                if t.bitswitch_master {
+                    flags |= FLAG_BITSWITCH_MASTER;
+                }
+                PendingTensor {
+                    name: t.name.clone(),
+                    scheme: t.scheme,
+                    shape: t.shape.clone(),
+                    flags,
+                    lorc_rank: t.lorc_rank as u32,
+                    components: t
+                        .components
+                        .iter()
+                        .map(|c| (c.kind, bytemuck::pod_collect_to_vec::<u8, u32>(pak.component_bytes(c))))
+                        .collect(),
+                }
+            })
+            .collect();
+        let graph = pak
+            .sections()
+            .iter()
+            .find(|s| s.kind == SectionKind::Graph)
+            .map(|s| pak.bytes()[s.offset as usize..(s.offset + s.len) as usize].to_vec());
+        KpakWriter { metadata: pak.metadata().to_vec(), tensors, graph }
+    }
+
+    /// Sets metadata entry `key`, replacing its value if it has one.
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<&mut Self> {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata(key, value)
+    }
+
     /// Adds one metadata entry. Keys are unique.
     pub fn metadata(&mut self, key: &str, value: &str) -> Result<&mut Self> {
         if key.is_empty() || key.len() > MAX_NAME_LEN {

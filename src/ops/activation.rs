@@ -91,11 +91,11 @@ impl Activation {
         }
     }
 
-    fn is_per_channel(&self) -> bool {
+    pub(crate) fn is_per_channel(&self) -> bool {
         matches!(self, Activation::ClippedRelu(ClipThreshold::PerChannel(_)))
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         match self {
             Activation::Clip { min, max } if min > max => {
                 Err(Error::InvalidArgument { reason: format!("Clip min {min} is above max {max}") })

@@ -1,42 +1,123 @@
-//! Temporal delta convolution (PAPERS.md section 2): on a stream of frames, a conv layer keeps
-//! its reference input x_ref and its accumulated pre-activation output y, and for a new input x
-//! adds only what changed:
+//! Temporal delta layers (PAPERS.md section 2): on a stream of frames, a conv or linear layer
+//! keeps its reference input x_ref and its accumulated pre-activation output y, and for a new
+//! input x adds only what changed:
 //!
 //! ```text
 //! dx = x - x_ref, zeroed where |dx| < theta
 //! y += W * dx        (exact by linearity; the bias stays in y from the keyframe)
 //! x_ref += dx        (only where an entry fired, so |x - x_ref| < theta everywhere after)
+//! out = act(y)       (the nonlinearity applies to the accumulated y)
 //! ```
 //!
-//! The error of y against the dense conv of x is bounded by theta times the sum of |W| over one
-//! output's taps, and does not drift: x_ref follows x wherever x moved by theta or more. The work
-//! of a step is proportional to the fired entries: each one scatters its delta into the outputs
-//! its taps reach. A keyframe (the dense conv) resets both states. Nonlinearities are applied by
-//! the caller to y.
+//! y is always the layer applied to x_ref (up to float rounding), and x_ref is within theta of x
+//! everywhere, so the error against the dense layer of x is bounded by theta times the sum of
+//! |W| over one output's taps and does not drift. The work of a step is one pass over the input
+//! to find the fired entries, then for each fired entry a multiply-add into every output its taps
+//! reach: proportional to the fired count. A keyframe (the dense layer) resets both states.
+//!
+//! Layout, chosen for the scatter: y is kept position-major ([N, OH*OW, M]) so the outputs one
+//! fired input reaches through one tap are a contiguous row, and the weights are kept tap-major
+//! ([group, kH, kW, C/group, M/group]) so the row it adds is contiguous too. The activated
+//! output is kept channel-major (the graph's layout) and rewritten only at touched positions.
 
-use super::conv::{conv2d, conv2d_output_shape, Conv2d};
+use super::conv::{conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
+use super::gemm::Kernel;
 use super::{check_len, Activation};
 use crate::error::{Error, Result};
+
+fn check_theta(op: &str, theta: f32) -> Result<()> {
+    if theta.is_nan() || theta < 0.0 || theta.is_infinite() {
+        return Err(Error::InvalidArgument { reason: format!("{op}: theta {theta} must be finite and >= 0") });
+    }
+    Ok(())
+}
+
+/// What one step of a delta layer did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaStep {
+    /// Input entries that fired (all of them for a keyframe).
+    pub fired: usize,
+    /// Multiply-adds done.
+    pub macs: u64,
+    /// The step ran the dense layer (a keyframe, forced or because too much fired).
+    pub keyed: bool,
+}
+
+/// Whether `dx` fires under `theta`. NaN never fires (and never poisons the state); theta = 0
+/// fires every change.
+#[inline(always)]
+fn fires(dx: f32, theta: f32) -> bool {
+    dx != 0.0 && dx.abs() >= theta
+}
+
+/// Which output rows (or columns) tap `i` of each input row reaches: the flat (tap, output)
+/// pairs and, per input coordinate, the range of them.
+#[derive(Clone, Debug)]
+struct TapTable {
+    pairs: Vec<(u32, u32)>,
+    starts: Vec<u32>,
+}
+
+impl TapTable {
+    /// Output o reads input o * stride + t * dilation - pad through tap t.
+    fn new(input: usize, output: usize, taps: usize, stride: usize, dilation: usize, pad: usize) -> TapTable {
+        let mut pairs = Vec::new();
+        let mut starts = Vec::with_capacity(input + 1);
+        for i in 0..input {
+            starts.push(pairs.len() as u32);
+            for t in 0..taps {
+                let num = i as isize + pad as isize - (t * dilation) as isize;
+                if num >= 0 && num % stride as isize == 0 && ((num / stride as isize) as usize) < output {
+                    pairs.push((t as u32, (num / stride as isize) as u32));
+                }
+            }
+        }
+        starts.push(pairs.len() as u32);
+        TapTable { pairs, starts }
+    }
+
+    fn of(&self, i: usize) -> &[(u32, u32)] {
+        &self.pairs[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
 
 /// One conv layer's delta state.
 #[derive(Clone, Debug)]
 pub struct DeltaConv2d {
     x_shape: [usize; 4],
-    w: Vec<f32>,
-    w_shape: [usize; 4],
-    bias: Option<Vec<f32>>,
-    p: Conv2d,
     out_shape: [usize; 4],
+    w_shape: [usize; 4],
+    group: usize,
+    /// Weights for the scatter: [group, kH, kW, C/group, M/group].
+    w_taps: Vec<f32>,
+    /// Weights for the dense keyframe, in the GEMM kernel's layout.
+    packed: PackedConvWeights,
+    bias: Option<Vec<f32>>,
+    /// The conv without its activation (the keyframe computes y with it).
+    linear: Conv2d,
+    activation: Activation,
+    rows: TapTable,
+    cols: TapTable,
     theta: f32,
     x_ref: Vec<f32>,
+    /// Pre-activation output, position-major [N, OH*OW, M].
     y: Vec<f32>,
+    /// act(y), channel-major [N, M, OH, OW].
+    out: Vec<f32>,
+    /// Per output position (of all N), the step that last touched it; `touched` lists this step's.
+    mark: Vec<u32>,
+    touched: Vec<u32>,
+    generation: u32,
+    /// Scratch: the fired (weight offset, dx) of one input position, and one output row.
+    fired_here: Vec<(u32, f32)>,
+    row: Vec<f32>,
     keyed: bool,
-    fired: usize,
+    last: DeltaStep,
 }
 
 impl DeltaConv2d {
-    /// A delta layer for inputs of `x_shape`; `p.activation` must be `None` (it applies to the
-    /// accumulated output, outside). `theta` >= 0; 0 makes every change fire (dense-exact).
+    /// A delta layer for inputs of `x_shape`. `theta` >= 0; 0 makes every change fire, which
+    /// tracks the dense conv up to float rounding.
     pub fn new(
         x_shape: &[usize],
         w: &[f32],
@@ -46,14 +127,8 @@ impl DeltaConv2d {
         theta: f32,
     ) -> Result<DeltaConv2d> {
         let op = "delta_conv2d";
-        if p.activation != Activation::None {
-            return Err(Error::InvalidArgument {
-                reason: format!("{op}: the activation applies to the accumulated output; pass Activation::None"),
-            });
-        }
-        if theta.is_nan() || theta < 0.0 || theta.is_infinite() {
-            return Err(Error::InvalidArgument { reason: format!("{op}: theta {theta} must be finite and >= 0") });
-        }
+        check_theta(op, theta)?;
+        p.activation.validate()?;
         let out_shape = conv2d_output_shape(x_shape, w_shape, p)?;
         check_len(op, "weights", w.len(), w_shape)?;
         if let Some(b) = bias {
@@ -61,92 +136,373 @@ impl DeltaConv2d {
                 return Err(Error::shape(op, format!("bias of {} values", w_shape[0]), b.len()));
             }
         }
-        let (xs, ws): ([usize; 4], [usize; 4]) =
-            (x_shape.try_into().expect("checked"), w_shape.try_into().expect("checked"));
+        if p.activation.is_per_channel() {
+            p.activation.check_channels(op, w_shape[0])?;
+        }
+        let xs: [usize; 4] = x_shape.try_into().expect("checked by conv2d_output_shape");
+        let ws: [usize; 4] = w_shape.try_into().expect("checked by conv2d_output_shape");
+        let [m, cg, kh, kw] = ws;
+        let group = p.group;
+        let mg = m / group;
+        let mut w_taps = vec![0.0; w.len()];
+        for mo in 0..m {
+            let (g, mol) = (mo / mg, mo % mg);
+            for cl in 0..cg {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        w_taps[(((g * kh + i) * kw + j) * cg + cl) * mg + mol] = w[((mo * cg + cl) * kh + i) * kw + j];
+                    }
+                }
+            }
+        }
+        let positions = out_shape[0] * out_shape[2] * out_shape[3];
         Ok(DeltaConv2d {
             x_shape: xs,
-            w: w.to_vec(),
-            w_shape: ws,
-            bias: bias.map(<[f32]>::to_vec),
-            p: p.clone(),
             out_shape,
+            w_shape: ws,
+            group,
+            w_taps,
+            packed: PackedConvWeights::new(w, w_shape, group)?,
+            bias: bias.map(<[f32]>::to_vec),
+            linear: Conv2d { activation: Activation::None, ..p.clone() },
+            activation: p.activation.clone(),
+            rows: TapTable::new(xs[2], out_shape[2], kh, p.strides[0], p.dilations[0], p.pads[0]),
+            cols: TapTable::new(xs[3], out_shape[3], kw, p.strides[1], p.dilations[1], p.pads[1]),
             theta,
             x_ref: vec![0.0; xs.iter().product()],
             y: vec![0.0; out_shape.iter().product()],
+            out: vec![0.0; out_shape.iter().product()],
+            mark: vec![0; positions],
+            touched: Vec::with_capacity(positions),
+            generation: 0,
+            fired_here: Vec::with_capacity(xs[1]),
+            row: vec![0.0; m],
             keyed: false,
-            fired: 0,
+            last: DeltaStep::default(),
         })
     }
 
-    /// The accumulated pre-activation output ([N, M, OH, OW]).
+    /// The activated output of the last step ([N, M, OH, OW]).
     pub fn output(&self) -> &[f32] {
-        &self.y
+        &self.out
     }
 
     pub fn output_shape(&self) -> [usize; 4] {
         self.out_shape
     }
 
+    pub fn theta(&self) -> f32 {
+        self.theta
+    }
+
+    pub fn set_theta(&mut self, theta: f32) -> Result<()> {
+        check_theta("delta_conv2d", theta)?;
+        self.theta = theta;
+        Ok(())
+    }
+
+    /// The reference input: what the output is the conv of.
+    pub fn reference_input(&self) -> &[f32] {
+        &self.x_ref
+    }
+
     /// Inputs that fired in the last step (all of them for a keyframe).
     pub fn fired(&self) -> usize {
-        self.fired
+        self.last.fired
+    }
+
+    /// What the last step did.
+    pub fn last_step(&self) -> DeltaStep {
+        self.last
+    }
+
+    /// Input entries per step.
+    pub fn input_len(&self) -> usize {
+        self.x_ref.len()
+    }
+
+    /// Multiply-adds of the dense conv.
+    pub fn dense_macs(&self) -> u64 {
+        let [_, cg, kh, kw] = self.w_shape;
+        (self.out.len() * cg * kh * kw) as u64
+    }
+
+    /// Forgets the state: the next step is a keyframe.
+    pub fn reset(&mut self) {
+        self.keyed = false;
     }
 
     /// The dense conv of `x`; both states restart from it.
     pub fn keyframe(&mut self, x: &[f32]) -> Result<&[f32]> {
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
-        conv2d(x, &self.x_shape, &self.w, &self.w_shape, self.bias.as_deref(), &self.p, &mut self.y)?;
+        conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.linear, &mut self.out)?;
+        let [n, m, oh, ow] = self.out_shape;
+        let ohw = oh * ow;
+        for b in 0..n {
+            for mo in 0..m {
+                let plane = &self.out[(b * m + mo) * ohw..][..ohw];
+                for (pos, &v) in plane.iter().enumerate() {
+                    self.y[(b * ohw + pos) * m + mo] = v;
+                }
+            }
+        }
+        super::activation_inplace(&mut self.out, &self.out_shape, &self.activation)?;
         self.x_ref.copy_from_slice(x);
         self.keyed = true;
-        self.fired = x.len();
-        Ok(&self.y)
+        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true };
+        Ok(&self.out)
     }
 
     /// Adds the fired part of `x - x_ref` to the output (a keyframe if there has been none).
     /// Allocates nothing.
     pub fn step(&mut self, x: &[f32]) -> Result<&[f32]> {
+        self.step_bounded(x, usize::MAX)?;
+        Ok(&self.out)
+    }
+
+    /// [`DeltaConv2d::step`], but once more than `max_fired` inputs fire the step becomes a
+    /// keyframe: past that point the dense conv is cheaper than the scatter (and a frame where
+    /// most of the input moved is a scene cut).
+    pub fn step_bounded(&mut self, x: &[f32], max_fired: usize) -> Result<DeltaStep> {
         if !self.keyed {
-            return self.keyframe(x);
+            self.keyframe(x)?;
+            return Ok(self.last);
         }
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
-        let [_, c, h, w] = self.x_shape;
+        let [n, c, h, w] = self.x_shape;
         let [m, cg, kh, kw] = self.w_shape;
         let [_, _, oh, ow] = self.out_shape;
-        let mg = m / self.p.group;
-        let ([sh, sw], [dh, dw]) = (self.p.strides, self.p.dilations);
-        let (pt, pl) = (self.p.pads[0] as isize, self.p.pads[1] as isize);
-        self.fired = 0;
-        for (idx, (&xv, r)) in x.iter().zip(self.x_ref.iter_mut()).enumerate() {
-            let dx = xv - *r;
-            // NaN never fires (and never poisons the state); theta = 0 fires every change.
-            if dx == 0.0 || dx.is_nan() || dx.abs() < self.theta {
-                continue;
-            }
-            *r = xv;
-            self.fired += 1;
-            let (b, ci, ih, iw) = (idx / (c * h * w), idx / (h * w) % c, idx / w % h, idx % w);
-            let grp = ci / cg;
-            let cl = ci % cg;
-            for i in 0..kh {
-                // Output row reached by tap row i: oh * sh + i * dh - pt = ih.
-                let num = ih as isize + pt - (i * dh) as isize;
-                if num < 0 || num % sh as isize != 0 || num / sh as isize >= oh as isize {
-                    continue;
-                }
-                let orow = (num / sh as isize) as usize;
-                for j in 0..kw {
-                    let num = iw as isize + pl - (j * dw) as isize;
-                    if num < 0 || num % sw as isize != 0 || num / sw as isize >= ow as isize {
+        let (hw, ohw, mg) = (h * w, oh * ow, m / self.group);
+        let kern = Kernel::current();
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Once every 2^32 steps: stale marks could alias the new generation.
+            self.mark.fill(0);
+            self.generation = 1;
+        }
+        self.touched.clear();
+        let (mut fired, mut macs) = (0usize, 0u64);
+        for b in 0..n {
+            let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
+            for ih in 0..h {
+                for iw in 0..w {
+                    let pos = ih * w + iw;
+                    // The fired channels of this position, as (weight row of tap (0, 0), dx),
+                    // rows of M/group floats: for one group, float offsets of whole rows.
+                    self.fired_here.clear();
+                    let scale = if self.group == 1 { m } else { 1 };
+                    for ci in 0..c {
+                        let k = ci * hw + pos;
+                        let dx = xb[k] - rb[k];
+                        if fires(dx, self.theta) {
+                            rb[k] = xb[k];
+                            let (g, cl) = (ci / cg, ci % cg);
+                            self.fired_here.push((((g * kh * kw * cg + cl) * scale) as u32, dx));
+                        }
+                    }
+                    if self.fired_here.is_empty() {
                         continue;
                     }
-                    let ocol = (num / sw as isize) as usize;
-                    for mo in grp * mg..(grp + 1) * mg {
-                        let wv = self.w[((mo * cg + cl) * kh + i) * kw + j];
-                        self.y[((b * m + mo) * oh + orow) * ow + ocol] += wv * dx;
+                    fired += self.fired_here.len();
+                    if fired > max_fired {
+                        self.keyframe(x)?;
+                        return Ok(self.last);
+                    }
+                    for &(i, orow) in self.rows.of(ih) {
+                        for &(j, ocol) in self.cols.of(iw) {
+                            let at = b * ohw + orow as usize * ow + ocol as usize;
+                            if self.mark[at] != self.generation {
+                                self.mark[at] = self.generation;
+                                self.touched.push(at as u32);
+                            }
+                            // Weight rows of tap (i, j) start `tap` rows after tap (0, 0)'s.
+                            let tap = (i as usize * kw + j as usize) * cg;
+                            let y = &mut self.y[at * m..][..m];
+                            if self.group == 1 {
+                                kern.axpy_taps(y, &self.w_taps, tap * m, &self.fired_here);
+                            } else {
+                                for &(row, dx) in &self.fired_here {
+                                    let g = row as usize / (kh * kw * cg);
+                                    let w0 = (row as usize + tap) * mg;
+                                    let yg = &mut y[g * mg..][..mg];
+                                    for (yv, wv) in yg.iter_mut().zip(&self.w_taps[w0..w0 + mg]) {
+                                        *yv += dx * wv;
+                                    }
+                                }
+                            }
+                            macs += (self.fired_here.len() * mg) as u64;
+                        }
                     }
                 }
             }
         }
+        self.refresh_touched(kern);
+        self.last = DeltaStep { fired, macs, keyed: false };
+        Ok(self.last)
+    }
+
+    /// Rewrites act(y) at the positions this step touched.
+    fn refresh_touched(&mut self, kern: Kernel) {
+        let [_, m, oh, ow] = self.out_shape;
+        let ohw = oh * ow;
+        let per_channel = self.activation.is_per_channel();
+        for &at in &self.touched {
+            let at = at as usize;
+            let (b, pos) = (at / ohw, at % ohw);
+            self.row.copy_from_slice(&self.y[at * m..][..m]);
+            if per_channel {
+                for (mo, v) in self.row.iter_mut().enumerate() {
+                    kern.activate(&self.activation, std::slice::from_mut(v), mo);
+                }
+            } else {
+                kern.activate(&self.activation, &mut self.row, 0);
+            }
+            for (mo, &v) in self.row.iter().enumerate() {
+                self.out[(b * m + mo) * ohw + pos] = v;
+            }
+        }
+    }
+}
+
+/// One linear layer's delta state: y = x W^T + b over rows of x ([R, K] -> [R, N]).
+#[derive(Clone, Debug)]
+pub struct DeltaLinear {
+    rows: usize,
+    k: usize,
+    n: usize,
+    /// W^T: [K, N], so the outputs one fired input reaches are a contiguous row.
+    w_t: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    theta: f32,
+    x_ref: Vec<f32>,
+    y: Vec<f32>,
+    fired_here: Vec<(u32, f32)>,
+    keyed: bool,
+    last: DeltaStep,
+}
+
+impl DeltaLinear {
+    /// `w` is [N, K] (a Gemm with transB = 1, PyTorch's layout).
+    pub fn new(rows: usize, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, theta: f32) -> Result<DeltaLinear> {
+        let op = "delta_linear";
+        check_theta(op, theta)?;
+        check_len(op, "weights", w.len(), &[n, k])?;
+        if let Some(b) = bias {
+            if b.len() != n {
+                return Err(Error::shape(op, format!("bias of {n} values"), b.len()));
+            }
+        }
+        let mut w_t = vec![0.0; n * k];
+        for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            for (i, &v) in row.iter().enumerate() {
+                w_t[i * n + j] = v;
+            }
+        }
+        Ok(DeltaLinear {
+            rows,
+            k,
+            n,
+            w_t,
+            bias: bias.map(<[f32]>::to_vec),
+            theta,
+            x_ref: vec![0.0; rows * k],
+            y: vec![0.0; rows * n],
+            fired_here: Vec::with_capacity(k),
+            keyed: false,
+            last: DeltaStep::default(),
+        })
+    }
+
+    /// The accumulated output [R, N].
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
+    pub fn theta(&self) -> f32 {
+        self.theta
+    }
+
+    pub fn set_theta(&mut self, theta: f32) -> Result<()> {
+        check_theta("delta_linear", theta)?;
+        self.theta = theta;
+        Ok(())
+    }
+
+    pub fn reference_input(&self) -> &[f32] {
+        &self.x_ref
+    }
+
+    pub fn last_step(&self) -> DeltaStep {
+        self.last
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.x_ref.len()
+    }
+
+    pub fn dense_macs(&self) -> u64 {
+        (self.rows * self.k * self.n) as u64
+    }
+
+    pub fn reset(&mut self) {
+        self.keyed = false;
+    }
+
+    /// The dense layer of `x`; both states restart from it.
+    pub fn keyframe(&mut self, x: &[f32]) -> Result<&[f32]> {
+        check_len("delta_linear", "input", x.len(), &[self.rows, self.k])?;
+        super::linear(x, &[self.rows, self.k], &self.w_rows(), &[self.n, self.k], self.bias.as_deref(), &mut self.y)?;
+        self.x_ref.copy_from_slice(x);
+        self.keyed = true;
+        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true };
+        Ok(&self.y)
+    }
+
+    /// W back in [N, K] for the dense kernel (keyframes are rare; this allocates).
+    fn w_rows(&self) -> Vec<f32> {
+        let mut w = vec![0.0; self.n * self.k];
+        for i in 0..self.k {
+            for j in 0..self.n {
+                w[j * self.k + i] = self.w_t[i * self.n + j];
+            }
+        }
+        w
+    }
+
+    /// Adds the fired part of `x - x_ref`; past `max_fired` fired inputs it runs dense instead.
+    /// Allocates nothing unless it runs dense.
+    pub fn step_bounded(&mut self, x: &[f32], max_fired: usize) -> Result<DeltaStep> {
+        if !self.keyed {
+            self.keyframe(x)?;
+            return Ok(self.last);
+        }
+        check_len("delta_linear", "input", x.len(), &[self.rows, self.k])?;
+        let kern = Kernel::current();
+        let (mut fired, mut macs) = (0usize, 0u64);
+        for r in 0..self.rows {
+            self.fired_here.clear();
+            for i in 0..self.k {
+                let at = r * self.k + i;
+                let dx = x[at] - self.x_ref[at];
+                if fires(dx, self.theta) {
+                    self.x_ref[at] = x[at];
+                    self.fired_here.push(((i * self.n) as u32, dx));
+                }
+            }
+            fired += self.fired_here.len();
+            if fired > max_fired {
+                self.keyframe(x)?;
+                return Ok(self.last);
+            }
+            kern.axpy_taps(&mut self.y[r * self.n..][..self.n], &self.w_t, 0, &self.fired_here);
+            macs += (self.fired_here.len() * self.n) as u64;
+        }
+        self.last = DeltaStep { fired, macs, keyed: false };
+        Ok(self.last)
+    }
+
+    pub fn step(&mut self, x: &[f32]) -> Result<&[f32]> {
+        self.step_bounded(x, usize::MAX)?;
         Ok(&self.y)
     }
 }

@@ -267,6 +267,21 @@ impl Kernel {
         }
     }
 
+    /// y += sum over `taps` of dx * w[base + offset..][..y.len()]: the scatter of a delta layer's fired
+    /// inputs into one output row, four taps per pass so each y element is loaded and stored once
+    /// per four multiply-adds.
+    pub(crate) fn axpy_taps(self, y: &mut [f32], w: &[f32], base: usize, taps: &[(u32, f32)]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gemm`: each instance exists only on CPUs with its features.
+            Kernel::Avx2Fma => unsafe { axpy_taps_avx2(y, w, base, taps) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512 => unsafe { axpy_taps_avx512(y, w, base, taps) },
+            Kernel::Portable => axpy_taps(y, w, base, taps),
+        }
+    }
+
     /// Applies `act` (values of `channel`) with this instance's vector width.
     pub(crate) fn activate(self, act: &Activation, data: &mut [f32], channel: usize) {
         match (self, act) {
@@ -281,6 +296,37 @@ impl Kernel {
             _ => act.apply_channel::<false>(data, channel),
         }
     }
+}
+
+#[inline(always)]
+fn axpy_taps(y: &mut [f32], w: &[f32], base: usize, taps: &[(u32, f32)]) {
+    let n = y.len();
+    let row = |off: u32| &w[base + off as usize..base + off as usize + n];
+    let mut quads = taps.chunks_exact(4);
+    for q in &mut quads {
+        let (w0, w1, w2, w3) = (row(q[0].0), row(q[1].0), row(q[2].0), row(q[3].0));
+        let (a0, a1, a2, a3) = (q[0].1, q[1].1, q[2].1, q[3].1);
+        for (i, yv) in y.iter_mut().enumerate() {
+            *yv += a0 * w0[i] + a1 * w1[i] + a2 * w2[i] + a3 * w3[i];
+        }
+    }
+    for &(off, a) in quads.remainder() {
+        for (yv, wv) in y.iter_mut().zip(row(off)) {
+            *yv += a * wv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_taps_avx2(y: &mut [f32], w: &[f32], base: usize, taps: &[(u32, f32)]) {
+    axpy_taps(y, w, base, taps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn axpy_taps_avx512(y: &mut [f32], w: &[f32], base: usize, taps: &[(u32, f32)]) {
+    axpy_taps(y, w, base, taps)
 }
 
 #[cfg(target_arch = "x86_64")]

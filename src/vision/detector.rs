@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::backend::gpu::{GpuContext, GpuOptions};
 use crate::error::{Error, Result};
-use crate::exec::{CpuExecutor, GpuExecutor};
+use crate::exec::{CpuExecutor, DeltaOptions, DeltaStats, GpuExecutor};
 use crate::format::{Kpak, Verify};
 use crate::graph::Graph;
 
@@ -75,6 +75,7 @@ pub struct Detector {
     anchors: usize,
     buffers: Vec<Vec<f32>>,
     output: Vec<f32>,
+    metadata: Vec<(String, String)>,
     /// Score / IoU thresholds and the per-image cap used by [`Detector::detect`].
     pub options: DecodeOptions,
 }
@@ -153,8 +154,54 @@ impl Detector {
             anchors,
             buffers,
             output: vec![0.0; rows * anchors],
+            metadata: metadata.to_vec(),
             options: DecodeOptions::default(),
         })
+    }
+
+    /// The model's metadata entries.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
+    }
+
+    /// Runs the following frames as a stream in delta mode (`exec::delta`); the first is a
+    /// keyframe. The CPU backend only, for now.
+    pub fn enable_delta(&mut self, opts: DeltaOptions) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(e) => e.enable_delta(opts),
+            Engine::Gpu(_) => Err(Error::Unsupported { what: "delta mode on the GPU backend".into() }),
+        }
+    }
+
+    /// Totals of the delta stream, when in delta mode.
+    pub fn delta_stats(&self) -> Option<&DeltaStats> {
+        match &self.engine {
+            Engine::Cpu(e) => e.delta_stats(),
+            Engine::Gpu(_) => None,
+        }
+    }
+
+    /// Per delta layer: the RMS of its current reference input (empty when not in delta mode).
+    pub fn delta_input_rms(&self) -> Vec<(String, f32)> {
+        match &self.engine {
+            Engine::Cpu(e) => e.delta_input_rms(),
+            Engine::Gpu(_) => Vec::new(),
+        }
+    }
+
+    /// Makes the next frame a keyframe (a new clip, a camera restart).
+    pub fn reset_delta(&mut self) {
+        if let Engine::Cpu(e) = &mut self.engine {
+            e.reset_delta();
+        }
+    }
+
+    /// Multiply-adds of one dense run of the model.
+    pub fn dense_macs(&self) -> u64 {
+        match &self.engine {
+            Engine::Cpu(e) => e.dense_macs(),
+            Engine::Gpu(b) => b.1.dense_macs(),
+        }
     }
 
     pub fn inputs(&self) -> &[InputSpec] {

@@ -58,11 +58,37 @@ pub struct SynthOptions {
     pub seed: u64,
     /// Frames per clip for video (`None`: independent images).
     pub sequence: Option<usize>,
+    /// How the camera moves in sequences.
+    pub camera: CameraMotion,
 }
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        SynthOptions { width: 320, height: 240, seed: 0, sequence: None }
+        SynthOptions { width: 320, height: 240, seed: 0, sequence: None, camera: CameraMotion::Mixed }
+    }
+}
+
+/// Camera motion of a sequence's clips. The scenes are the same under every choice (the same
+/// random draws); only the pan differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CameraMotion {
+    /// Half the clips pan slowly, the rest hold still.
+    #[default]
+    Mixed,
+    /// A fixed camera (a mounted surveillance or robot-base camera): only objects move.
+    Static,
+    /// Every clip pans.
+    Pan,
+}
+
+impl CameraMotion {
+    pub fn parse(s: &str) -> Option<CameraMotion> {
+        match s {
+            "mixed" => Some(CameraMotion::Mixed),
+            "static" => Some(CameraMotion::Static),
+            "pan" => Some(CameraMotion::Pan),
+            _ => None,
+        }
     }
 }
 
@@ -239,8 +265,25 @@ fn scene(opts: &SynthOptions, clip: usize, frame_in_clip: usize) -> Scene {
     let (w, h) = (opts.width as f32, opts.height as f32);
     let cond = Condition::from_index(r.below(5));
     let horizon = h * r.uniform(0.28, 0.45);
-    // Half the clips pan slowly; the rest have a static camera.
-    let pan_speed = if opts.sequence.is_some() && r.below(2) == 0 { r.uniform(-1.5, 1.5) } else { 0.0 };
+    // Half the clips pan slowly; the rest have a static camera. The draws are the same under
+    // every camera choice (and none are made for still images), so the scenes are too.
+    let mixed = if opts.sequence.is_some() && r.below(2) == 0 { r.uniform(-1.5, 1.5) } else { 0.0 };
+    let pan_speed = match opts.camera {
+        _ if opts.sequence.is_none() => 0.0,
+        CameraMotion::Mixed => mixed,
+        CameraMotion::Static => 0.0,
+        CameraMotion::Pan if mixed != 0.0 => mixed,
+        // A clip that held still under Mixed: a speed from its own stream, at least 0.5 px/frame.
+        CameraMotion::Pan => {
+            let mut own = SplitMix64::new(opts.seed ^ (clip as u64).wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x9a4);
+            let v = own.uniform(0.5, 1.5);
+            if own.below(2) == 0 {
+                v
+            } else {
+                -v
+            }
+        }
+    };
     let ground = match r.below(3) {
         0 => [0.32, 0.32, 0.34], // asphalt
         1 => [0.28, 0.40, 0.22], // grass

@@ -17,6 +17,7 @@ use kestrel::tensor::Scheme;
 use kestrel::tol::{rel_l2, Tol};
 use kestrel::{Error, Result};
 
+mod stream;
 mod vision;
 
 #[derive(Parser)]
@@ -57,7 +58,7 @@ enum ActivationArg {
     F16,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct GpuArgs {
     /// Allow a software GPU adapter such as lavapipe (also KESTREL_ALLOW_SOFTWARE_GPU=1).
     #[arg(long)]
@@ -201,6 +202,9 @@ enum Command {
         /// Write video clips of this many frames (static or slowly panning camera, moving objects).
         #[arg(long)]
         sequence: Option<usize>,
+        /// Camera of the clips: mixed (half pan), static or pan.
+        #[arg(long, default_value = "mixed", requires = "sequence")]
+        camera: String,
         #[arg(long)]
         json: bool,
     },
@@ -217,6 +221,12 @@ enum Command {
         /// A dataset folder (LLVIP, M3FD-style or YOLO-txt layout) instead of --rgb/--ir.
         #[arg(long, conflicts_with_all = ["rgb", "ir"])]
         dataset: Option<PathBuf>,
+        /// A video sequence in a dataset folder's layout, run frame after frame as one stream
+        /// (frames in file-name order); see --delta.
+        #[arg(long, conflicts_with_all = ["rgb", "ir", "dataset"])]
+        stream: Option<PathBuf>,
+        #[command(flatten)]
+        delta: stream::DeltaArgs,
         /// Write the frames side by side with the boxes (a .png; a folder for several pairs).
         #[arg(long)]
         annotate: Option<PathBuf>,
@@ -237,8 +247,14 @@ enum Command {
     Eval {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
-        dataset: PathBuf,
+        #[arg(long, required_unless_present = "sequence")]
+        dataset: Option<PathBuf>,
+        /// A video sequence (dataset layout): runs its frames as a stream, dense and, with
+        /// --delta, in delta mode too, and compares MACs, latency and mAP@0.5.
+        #[arg(long, conflicts_with_all = ["dataset", "limit"])]
+        sequence: Option<PathBuf>,
+        #[command(flatten)]
+        delta: stream::DeltaArgs,
         /// Evaluate the first N pairs only.
         #[arg(long)]
         limit: Option<usize>,
@@ -253,6 +269,25 @@ enum Command {
         json: bool,
         #[command(flatten)]
         gpu: GpuArgs,
+    },
+    /// Choose per-layer delta thresholds for a target accuracy drop on a sequence, and store them
+    /// in the model's metadata (used by `--delta` with no value).
+    CalibrateDelta {
+        #[arg(long)]
+        model: PathBuf,
+        /// A video sequence with labels (dataset layout), e.g. from `kestrel synth --sequence`.
+        #[arg(long)]
+        sequence: PathBuf,
+        /// Largest mAP@0.5 loss against dense, in points (1 = 0.01).
+        #[arg(long, default_value_t = 1.0)]
+        max_drop: f64,
+        /// Write the calibrated model here instead of over --model.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        delta: stream::DeltaArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Write the demo model (models/demo-mlp.kpak) from its seed.
     DemoModel {
@@ -362,24 +397,33 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Pack { model, out, weights, layers, quantize_ends, json } => {
             pack_cmd(&model, &out, &weights, &layers, !quantize_ends, json)
         }
-        Command::Synth { out, count, seed, size, sequence, json } => {
-            vision::synth_cmd(&out, count, seed, &size, sequence, json)
+        Command::Synth { out, count, seed, size, sequence, camera, json } => {
+            vision::synth_cmd(&out, count, seed, &size, sequence, &camera, json)
         }
-        Command::Detect { model, rgb, ir, dataset, annotate, score, iou, backend, json, gpu } => {
+        Command::Detect { model, rgb, ir, dataset, stream, delta, annotate, score, iou, backend, json, gpu } => {
             let m = model_args(&model, backend, &gpu)?;
-            vision::detect_cmd(
-                &m,
-                rgb.as_deref(),
-                ir.as_deref(),
-                dataset.as_deref(),
-                annotate.as_deref(),
-                score,
-                iou,
-                json,
-            )
+            let source = vision::Source {
+                rgb: rgb.as_deref(),
+                ir: ir.as_deref(),
+                dataset: dataset.as_deref(),
+                stream: stream.as_deref(),
+            };
+            vision::detect_cmd(&m, &source, &delta, annotate.as_deref(), score, iou, json)
         }
-        Command::Eval { model, dataset, limit, score, iou, backend, json, gpu } => {
-            vision::eval_cmd(&model_args(&model, backend, &gpu)?, &dataset, limit, score, iou, json)
+        Command::Eval { model, dataset, sequence, delta, limit, score, iou, backend, json, gpu } => {
+            let m = model_args(&model, backend, &gpu)?;
+            match (sequence, dataset) {
+                (Some(seq), _) => stream::eval_sequence_cmd(&m, &seq, &delta, json),
+                (None, Some(ds)) if delta.delta.is_none() => vision::eval_cmd(&m, &ds, limit, score, iou, json),
+                (None, Some(_)) => Err(kestrel::Error::InvalidArgument {
+                    reason: "--delta runs on a stream: give --sequence DIR instead of --dataset".into(),
+                }),
+                (None, None) => unreachable!("clap requires --dataset or --sequence"),
+            }
+        }
+        Command::CalibrateDelta { model, sequence, max_drop, out, delta, json } => {
+            let m = model_args(&model, BackendArg::Cpu, &GpuArgs::default())?;
+            stream::calibrate_delta_cmd(&m, &sequence, max_drop, out.as_deref(), &delta, json)
         }
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;

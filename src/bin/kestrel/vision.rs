@@ -12,8 +12,10 @@ use kestrel::vision::detect::DecodeOptions;
 use kestrel::vision::detector::{Detector, Device, Modality};
 use kestrel::vision::eval::{evaluate, ImageResult};
 use kestrel::vision::image::Image;
-use kestrel::vision::synth::{SynthOptions, CONDITIONS};
+use kestrel::vision::synth::{CameraMotion, SynthOptions, CONDITIONS};
 use kestrel::{Error, Result};
+
+use crate::stream::DeltaArgs;
 
 /// `WxH` -> (W, H), each in 16..=4096.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
@@ -33,16 +35,20 @@ pub fn synth_cmd(
     seed: u64,
     size: &str,
     sequence: Option<usize>,
+    camera: &str,
     json: bool,
 ) -> Result<ExitCode> {
     let (width, height) = parse_size(size)?;
+    let camera = CameraMotion::parse(camera).ok_or_else(|| Error::InvalidArgument {
+        reason: format!("--camera {camera:?}: expected mixed, static or pan"),
+    })?;
     if count == 0 {
         return Err(Error::InvalidArgument { reason: "--count must be positive".into() });
     }
     if sequence == Some(0) {
         return Err(Error::InvalidArgument { reason: "--sequence must be at least 1 frame".into() });
     }
-    let opts = SynthOptions { width, height, seed, sequence };
+    let opts = SynthOptions { width, height, seed, sequence, camera };
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let progress = |done: usize| {
@@ -76,7 +82,7 @@ pub struct ModelArgs<'a> {
 
 impl ModelArgs<'_> {
     /// The detector with these thresholds, which must be probabilities (NaN is not).
-    fn open(&self, options: DecodeOptions) -> Result<Detector> {
+    pub fn open(&self, options: DecodeOptions) -> Result<Detector> {
         let (score, iou) = (options.score, options.iou);
         if !(0.0..=1.0).contains(&score) || !(0.0..=1.0).contains(&iou) || iou == 0.0 {
             return Err(Error::InvalidArgument {
@@ -100,10 +106,20 @@ fn load(path: &Option<PathBuf>) -> Result<Option<Image>> {
     path.as_deref().map(Image::load).transpose()
 }
 
-/// Pairs from `--rgb`/`--ir` (files or folders) or `--dataset`.
-fn pairs(det: &Detector, rgb: Option<&Path>, ir: Option<&Path>, dataset: Option<&Path>) -> Result<Vec<Pair>> {
+/// Where `detect` reads its frames.
+pub struct Source<'a> {
+    pub rgb: Option<&'a Path>,
+    pub ir: Option<&'a Path>,
+    pub dataset: Option<&'a Path>,
+    /// A sequence, run as one stream in frame order.
+    pub stream: Option<&'a Path>,
+}
+
+/// Pairs from `--rgb`/`--ir` (files or folders), `--dataset` or `--stream`.
+fn pairs(det: &Detector, source: &Source) -> Result<Vec<Pair>> {
+    let (rgb, ir) = (source.rgb, source.ir);
     let (need_rgb, need_ir) = (det.needs(Modality::Rgb), det.needs(Modality::Ir));
-    if let Some(root) = dataset {
+    if let Some(root) = source.dataset.or(source.stream) {
         let ds = Dataset::open(root)?;
         return Ok(ds.samples.into_iter().map(|s| Pair { rgb: Some(s.rgb), ir: Some(s.ir) }).collect());
     }
@@ -147,19 +163,23 @@ fn pairs(det: &Detector, rgb: Option<&Path>, ir: Option<&Path>, dataset: Option<
     Ok(vec![Pair { rgb: rgb.map(Path::to_path_buf), ir: ir.map(Path::to_path_buf) }])
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn detect_cmd(
     m: &ModelArgs,
-    rgb: Option<&Path>,
-    ir: Option<&Path>,
-    dataset: Option<&Path>,
+    source: &Source,
+    delta: &DeltaArgs,
     annotate: Option<&Path>,
     score: f32,
     iou: f32,
     json: bool,
 ) -> Result<ExitCode> {
     let mut det = m.open(DecodeOptions { score, iou, ..DecodeOptions::default() })?;
-    let pairs = pairs(&det, rgb, ir, dataset)?;
+    if let Some(opts) = delta.options(&det)? {
+        if source.stream.is_none() {
+            return Err(Error::InvalidArgument { reason: "--delta runs on a stream: give --stream DIR".into() });
+        }
+        det.enable_delta(opts)?;
+    }
+    let pairs = pairs(&det, source)?;
     let many = pairs.len() > 1;
     if let (true, Some(dir)) = (many, annotate) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -202,8 +222,21 @@ pub fn detect_cmd(
     if tty {
         eprintln!();
     }
+    let stats = det.delta_stats().map(|s| {
+        json!({"frames": s.frames, "fired_fraction": s.fired_fraction(), "macs": s.macs(), "dense_macs": s.dense_macs(),
+               "keyframes": s.keyframes, "scene_cuts": s.scene_cuts})
+    });
     if json {
-        println!("{}", json!({"images": results}));
+        println!("{}", json!({"images": results, "delta": stats}));
+    } else if let Some(s) = stats {
+        println!(
+            "delta: {} frames, {:.1}% of layer inputs fired, {:.2}x fewer MACs than dense, {} keyframes, {} scene cuts",
+            s["frames"],
+            s["fired_fraction"].as_f64().unwrap_or(0.0) * 100.0,
+            s["dense_macs"].as_f64().unwrap_or(0.0) / s["macs"].as_f64().unwrap_or(1.0).max(1.0),
+            s["keyframes"],
+            s["scene_cuts"]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,309 @@
+//! Streams: `eval --sequence` (dense against delta on the same frames) and `calibrate-delta`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use kestrel::exec::delta::{format_thetas, THETA_METADATA_KEY};
+use kestrel::exec::{DeltaOptions, DeltaStats};
+use kestrel::format::{Kpak, KpakWriter, Verify};
+use kestrel::vision::annotations::Annotation;
+use kestrel::vision::dataset::Dataset;
+use kestrel::vision::detect::DecodeOptions;
+use kestrel::vision::detector::{Detector, Modality};
+use kestrel::vision::eval::{evaluate, ImageResult};
+use kestrel::vision::image::Image;
+use kestrel::{Error, Result};
+
+use crate::vision::ModelArgs;
+
+/// The delta options of the command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeltaArgs {
+    /// Run in delta mode (temporal sparsity): with no value, the model's calibrated per-layer
+    /// thresholds (`kestrel calibrate-delta`; theta 0 if it has none); with a value, that theta
+    /// for every layer.
+    #[arg(long, num_args = 0..=1, value_name = "THETA")]
+    pub delta: Option<Option<f32>>,
+    /// A dense keyframe every K frames (0: only the first frame and scene cuts).
+    #[arg(long, value_name = "K", default_value_t = DeltaOptions::default().keyframe_interval)]
+    pub keyframe_every: usize,
+    /// Fired fraction of a layer's input above which it runs dense for the frame.
+    #[arg(long, value_name = "FRACTION", default_value_t = DeltaOptions::default().dense_above)]
+    pub dense_above: f32,
+}
+
+impl DeltaArgs {
+    /// The delta options for `det`, or None without `--delta`.
+    pub fn options(&self, det: &Detector) -> Result<Option<DeltaOptions>> {
+        let Some(theta) = self.delta else { return Ok(None) };
+        let mut opts = DeltaOptions::from_metadata(det.metadata())?;
+        if let Some(t) = theta {
+            opts.theta = t;
+            opts.layer_theta.clear();
+        }
+        opts.keyframe_interval = self.keyframe_every;
+        opts.dense_above = self.dense_above;
+        Ok(Some(opts))
+    }
+}
+
+/// One frame of a sequence, loaded.
+struct SeqFrame {
+    rgb: Option<Image>,
+    ir: Option<Image>,
+    ann: Annotation,
+}
+
+/// Every frame of the sequence at `dir` in order (file names order the frames: `kestrel synth
+/// --sequence` names them cCCCC_fFFFF).
+fn load_sequence(det: &Detector, dir: &Path) -> Result<Vec<SeqFrame>> {
+    let ds = Dataset::open(dir)?;
+    if ds.samples.is_empty() {
+        return Err(Error::InvalidArgument { reason: format!("{}: the sequence has no frames", dir.display()) });
+    }
+    let (need_rgb, need_ir) = (det.needs(Modality::Rgb), det.needs(Modality::Ir));
+    let classes = det.classes().to_vec();
+    ds.samples
+        .iter()
+        .map(|s| {
+            let rgb = if need_rgb || !need_ir { Some(Image::load(&s.rgb)?) } else { None };
+            let ir = if need_ir { Some(Image::load(&s.ir)?) } else { None };
+            let frame = rgb.as_ref().or(ir.as_ref()).expect("one frame is loaded");
+            let ann = ds.annotation(s, (frame.width, frame.height), &classes)?;
+            Ok(SeqFrame { rgb, ir, ann })
+        })
+        .collect()
+}
+
+/// What one pass over a sequence measured.
+struct Pass {
+    map50: f64,
+    /// Milliseconds per frame of `detect` (preprocess + model + decode).
+    ms: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `dets` (one detector per pass) over `frames` in lockstep, frame by frame, so that the
+/// passes share the machine's noise.
+fn run_passes(dets: &mut [&mut Detector], frames: &[SeqFrame], progress: &str) -> Result<Vec<Pass>> {
+    let nc = dets[0].classes().len();
+    let classes = dets[0].classes().to_vec();
+    let mut results: Vec<Vec<ImageResult>> = dets.iter().map(|_| Vec::with_capacity(frames.len())).collect();
+    let mut ms: Vec<Vec<f64>> = dets.iter().map(|_| Vec::with_capacity(frames.len())).collect();
+    let tty = std::io::stderr().is_terminal() && !progress.is_empty();
+    for (n, f) in frames.iter().enumerate() {
+        for (k, det) in dets.iter_mut().enumerate() {
+            let started = Instant::now();
+            let found = det.detect(f.rgb.as_ref(), f.ir.as_ref())?;
+            ms[k].push(started.elapsed().as_secs_f64() * 1e3);
+            results[k].push(ImageResult::new(&f.ann.labels, &classes, found));
+        }
+        if tty && ((n + 1).is_multiple_of(20) || n + 1 == frames.len()) {
+            eprint!("\r{progress} [{}/{}] frames", n + 1, frames.len());
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(results.iter().zip(ms).map(|(r, ms)| Pass { map50: evaluate(r, nc).map50().unwrap_or(0.0), ms }).collect())
+}
+
+fn per_layer_json(stats: &DeltaStats) -> Vec<Value> {
+    stats
+        .layers
+        .iter()
+        .map(|l| {
+            json!({"name": l.name, "theta": l.theta, "fired_fraction": l.fired_fraction(stats.frames),
+                   "macs": l.macs, "dense_macs": l.dense_macs * stats.frames, "dense_frames": l.dense_frames})
+        })
+        .collect()
+}
+
+/// `kestrel eval --sequence DIR [--delta [THETA]]`: the same frames dense and (with --delta) in
+/// delta mode, in lockstep.
+pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, json: bool) -> Result<ExitCode> {
+    let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
+    let mut dense = m.open(options.clone())?;
+    let frames = load_sequence(&dense, dir)?;
+    let Some(opts) = delta.options(&dense)? else {
+        let pass = run_passes(&mut [&mut dense], &frames, "dense")?.remove(0);
+        let report = json!({"frames": frames.len(), "dense": {"macs": dense.dense_macs() * frames.len() as u64,
+                            "median_ms": median(&pass.ms), "map50": pass.map50}});
+        print_or_json(&report, json);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut sparse = m.open(options)?;
+    sparse.enable_delta(opts.clone())?;
+    let passes = run_passes(&mut [&mut dense, &mut sparse], &frames, "dense + delta")?;
+    let stats = sparse.delta_stats().expect("delta mode is on").clone();
+    let dense_macs = dense.dense_macs() * frames.len() as u64;
+    let (d_ms, s_ms) = (median(&passes[0].ms), median(&passes[1].ms));
+    let report = json!({
+        "model": m.model.display().to_string(), "sequence": dir.display().to_string(), "frames": frames.len(),
+        "dense": {"macs": dense_macs, "median_ms": d_ms, "map50": passes[0].map50},
+        "delta": {"macs": stats.macs(), "median_ms": s_ms, "map50": passes[1].map50,
+                  "fired_fraction": stats.fired_fraction(), "keyframes": stats.keyframes,
+                  "scene_cuts": stats.scene_cuts, "theta": if opts.layer_theta.is_empty() { json!(opts.theta) } else { json!("per layer") },
+                  "keyframe_every": opts.keyframe_interval, "dense_above": opts.dense_above},
+        "mac_ratio": dense_macs as f64 / stats.macs().max(1) as f64,
+        "speedup": d_ms / s_ms.max(1e-9),
+        "map50_drop_points": (passes[0].map50 - passes[1].map50) * 100.0,
+        "per_layer": per_layer_json(&stats),
+    });
+    print_or_json(&report, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_or_json(report: &Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.4}"));
+    println!("{} frames", report["frames"]);
+    for pass in ["dense", "delta"] {
+        let p = &report[pass];
+        if p.is_null() {
+            continue;
+        }
+        println!(
+            "  {pass:<6} mAP@0.5 {}  {:.3} GMAC  median {:.2} ms per frame{}",
+            f(&p["map50"]),
+            p["macs"].as_f64().unwrap_or(0.0) / 1e9,
+            p["median_ms"].as_f64().unwrap_or(0.0),
+            p["fired_fraction"].as_f64().map_or(String::new(), |v| format!(
+                "  fired {:.1}%  keyframes {}  scene cuts {}",
+                v * 100.0,
+                p["keyframes"],
+                p["scene_cuts"]
+            ))
+        );
+    }
+    if !report["mac_ratio"].is_null() {
+        println!(
+            "  delta does {:.2}x fewer MACs, runs {:.2}x faster, mAP@0.5 {:+.2} points",
+            report["mac_ratio"].as_f64().unwrap_or(0.0),
+            report["speedup"].as_f64().unwrap_or(0.0),
+            -report["map50_drop_points"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+/// `kestrel calibrate-delta`: per-layer theta = t x (RMS of the layer's input on the first
+/// frame), with the largest saving t whose mAP@0.5 on the sequence stays within `max_drop`
+/// points of dense. Writes the thresholds into the model's metadata.
+pub fn calibrate_delta_cmd(
+    m: &ModelArgs,
+    dir: &Path,
+    max_drop: f64,
+    out: Option<&Path>,
+    delta: &DeltaArgs,
+    json: bool,
+) -> Result<ExitCode> {
+    if !(max_drop.is_finite() && max_drop >= 0.0) {
+        return Err(Error::InvalidArgument { reason: format!("--max-drop {max_drop}: need mAP points >= 0") });
+    }
+    let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
+    let mut dense = m.open(options.clone())?;
+    let frames = load_sequence(&dense, dir)?;
+    let base = DeltaOptions {
+        keyframe_interval: delta.keyframe_every,
+        dense_above: delta.dense_above,
+        ..DeltaOptions::default()
+    };
+    // The scale of each layer's input: its RMS averaged over keyframes of every 10th frame.
+    let mut probe = m.open(options.clone())?;
+    probe.enable_delta(DeltaOptions { keyframe_interval: 1, ..base.clone() })?;
+    let mut scales: Vec<(String, f32)> = Vec::new();
+    let probes = frames.iter().step_by(10).collect::<Vec<_>>();
+    for f in &probes {
+        probe.detect(f.rgb.as_ref(), f.ir.as_ref())?;
+        let rms = probe.delta_input_rms();
+        if scales.is_empty() {
+            scales = rms.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+        }
+        for (s, (_, r)) in scales.iter_mut().zip(rms) {
+            s.1 += r / probes.len() as f32;
+        }
+    }
+    let probe_inputs: Vec<String> = probe
+        .delta_stats()
+        .map(|s| s.layers.iter().filter(|l| l.reads_input).map(|l| l.name.clone()).collect())
+        .unwrap_or_default();
+    drop(probe);
+    let dense_pass = run_passes(&mut [&mut dense], &frames, "dense")?.remove(0);
+    let dense_macs = dense.dense_macs() * frames.len() as u64;
+    let tty = std::io::stderr().is_terminal();
+    let mut tried = Vec::new();
+    let mut best: Option<((f64, f64), f64, Vec<(String, f32)>)> = None; // ((t, camera t), mac ratio, thetas)
+                                                                        // Layers that read a camera see its sensor noise, which nothing downstream can tell from
+                                                                        // motion: they get their own multiplier, searched jointly with the rest.
+    let reads_camera: Vec<bool> = scales.iter().map(|(n, _)| probe_inputs.contains(n)).collect();
+    for t in [0.03, 0.05, 0.07, 0.1, 0.15, 0.2] {
+        for t_in in [0.02, 0.03, 0.05, 0.07, 0.1] {
+            if t_in > t {
+                continue;
+            }
+            let thetas: Vec<(String, f32)> = scales
+                .iter()
+                .zip(&reads_camera)
+                .map(|((n, s), &cam)| (n.clone(), s * if cam { t_in } else { t } as f32))
+                .collect();
+            let mut det = m.open(options.clone())?;
+            det.enable_delta(DeltaOptions { layer_theta: thetas.clone(), ..base.clone() })?;
+            let pass = run_passes(&mut [&mut det], &frames, "")?.remove(0);
+            let stats = det.delta_stats().expect("delta mode is on");
+            let ratio = dense_macs as f64 / stats.macs().max(1) as f64;
+            let drop_points = (dense_pass.map50 - pass.map50) * 100.0;
+            let ok = drop_points <= max_drop;
+            if tty {
+                eprintln!(
+                    "t {t:<5} camera t {t_in:<5} mAP@0.5 {:.4} (drop {drop_points:+.2} points)  {ratio:.2}x fewer MACs{}",
+                    pass.map50,
+                    if ok { "" } else { "  over budget" }
+                );
+            }
+            tried.push(json!({"t": t, "t_camera": t_in, "map50": pass.map50, "map50_drop_points": drop_points,
+                              "mac_ratio": ratio, "fired_fraction": stats.fired_fraction(), "within_budget": ok}));
+            if ok && best.as_ref().is_none_or(|b| ratio > b.1) {
+                best = Some(((t, t_in), ratio, thetas));
+            }
+        }
+    }
+    let ((t, t_in), ratio, thetas) = best.ok_or_else(|| Error::InvalidArgument {
+        reason: format!("no threshold keeps mAP@0.5 within {max_drop} points of dense on this sequence"),
+    })?;
+    let target = out.unwrap_or(m.model);
+    let pak = Kpak::open(m.model, Verify::Full)?;
+    let mut w = KpakWriter::from_kpak(&pak);
+    w.set_metadata(THETA_METADATA_KEY, &format_thetas(0.0, &thetas))?;
+    w.set_metadata(
+        "delta.calibration",
+        &format!(
+            "t={t} t_camera={t_in} max_drop_points={max_drop} sequence={} frames={} dense_map50={:.4}",
+            dir.display(),
+            frames.len(),
+            dense_pass.map50
+        ),
+    )?;
+    drop(pak);
+    w.write(target)?;
+    let report = json!({"model": target.display().to_string(), "t": t, "t_camera": t_in, "mac_ratio": ratio,
+                        "dense_map50": dense_pass.map50, "tried": tried,
+                        "thetas": thetas.iter().map(|(n, v)| json!({"name": n, "theta": v})).collect::<Vec<_>>()});
+    if json {
+        println!("{report}");
+    } else {
+        println!("t = {t} (camera layers {t_in}): {ratio:.2}x fewer MACs within {max_drop} mAP points; thresholds of {} layers written to {}", thetas.len(), target.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

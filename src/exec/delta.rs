@@ -1,0 +1,323 @@
+//! Delta mode of the CPU executor: on a stream of frames, every conv and linear layer with
+//! constant weights keeps a temporal delta state ([`ops::DeltaConv2d`], [`ops::DeltaLinear`])
+//! and adds only the change of its input; the other ops run dense on the accumulated outputs.
+//!
+//! Keyframes (every layer dense, states reset) come on the first frame, every
+//! `keyframe_interval` frames, and on scene cuts. A layer whose fired fraction passes
+//! `dense_above` runs dense for that frame (past that point the dense kernel is cheaper than the
+//! scatter); when that happens to a layer that reads a graph input, the frame is a scene cut and
+//! every later layer runs dense too.
+//!
+//! theta is per layer: the model's `delta.theta` metadata (written by `kestrel calibrate-delta`)
+//! gives a default and per-layer values; [`DeltaOptions`] can override both.
+
+use crate::error::{Error, Result};
+use crate::ops::{self, DeltaStep};
+
+/// Metadata key holding the calibrated thresholds (see [`parse_thetas`]).
+pub const THETA_METADATA_KEY: &str = "delta.theta";
+
+/// How a stream runs in delta mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaOptions {
+    /// theta of layers without their own.
+    pub theta: f32,
+    /// Per-layer theta, by node name.
+    pub layer_theta: Vec<(String, f32)>,
+    /// A dense keyframe every this many frames (0: only the first frame and scene cuts). Float
+    /// rounding in the accumulated outputs is what keyframes bound.
+    pub keyframe_interval: usize,
+    /// Fired fraction of a layer's input above which the layer runs dense for the frame.
+    pub dense_above: f32,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        DeltaOptions { theta: 0.0, layer_theta: Vec::new(), keyframe_interval: 64, dense_above: 0.3 }
+    }
+}
+
+impl DeltaOptions {
+    /// Options from a model's metadata: its calibrated thetas if it has them, else theta 0
+    /// (exact; saves only what did not change at all).
+    pub fn from_metadata(metadata: &[(String, String)]) -> Result<DeltaOptions> {
+        let mut opts = DeltaOptions::default();
+        if let Some((_, text)) = metadata.iter().find(|(k, _)| k == THETA_METADATA_KEY) {
+            let (default, layers) = parse_thetas(text)?;
+            opts.theta = default.unwrap_or(0.0);
+            opts.layer_theta = layers;
+        }
+        Ok(opts)
+    }
+
+    /// theta of layer `name`.
+    pub fn theta_of(&self, name: &str) -> f32 {
+        self.layer_theta.iter().find(|(n, _)| n == name).map_or(self.theta, |&(_, t)| t)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: f32| Error::InvalidArgument {
+            reason: format!("delta {what} {v}: must be finite and >= 0"),
+        };
+        for (name, t) in
+            std::iter::once(("theta", self.theta)).chain(self.layer_theta.iter().map(|(n, t)| (n.as_str(), *t)))
+        {
+            if !t.is_finite() || t < 0.0 {
+                return Err(bad(&format!("theta of {name}"), t));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.dense_above) {
+            return Err(Error::InvalidArgument {
+                reason: format!("delta dense_above {}: must be a fraction in [0, 1]", self.dense_above),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `delta.theta` metadata: one `name=value` per line, `*=value` for the default.
+pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, f32)>)> {
+    let mut default = None;
+    let mut layers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| Error::InvalidArgument {
+            reason: format!("{THETA_METADATA_KEY} line {}: '{line}': {why}", n + 1),
+        };
+        let (name, value) = line.rsplit_once('=').ok_or_else(|| bad("expected name=theta"))?;
+        let theta: f32 = value.trim().parse().map_err(|_| bad("theta is not a number"))?;
+        if !theta.is_finite() || theta < 0.0 {
+            return Err(bad("theta must be finite and >= 0"));
+        }
+        match name.trim() {
+            "*" => default = Some(theta),
+            "" => return Err(bad("empty layer name")),
+            name => layers.push((name.to_string(), theta)),
+        }
+    }
+    Ok((default, layers))
+}
+
+/// The inverse of [`parse_thetas`].
+pub fn format_thetas(default: f32, layers: &[(String, f32)]) -> String {
+    let mut s = format!("*={default}\n");
+    for (name, t) in layers {
+        s.push_str(&format!("{name}={t}\n"));
+    }
+    s
+}
+
+/// Totals of one delta layer since the stats were last reset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeltaLayerStats {
+    /// Node name.
+    pub name: String,
+    pub theta: f32,
+    /// The layer reads a graph input (a camera), so it sees the sensor noise first-hand.
+    pub reads_input: bool,
+    /// Input entries per frame.
+    pub inputs: u64,
+    /// Multiply-adds of the dense layer, per frame.
+    pub dense_macs: u64,
+    /// Fired input entries, summed over frames.
+    pub fired: u64,
+    /// Multiply-adds done, summed over frames.
+    pub macs: u64,
+    /// Frames this layer ran dense (keyframes, scene cuts, too much fired).
+    pub dense_frames: u64,
+}
+
+impl DeltaLayerStats {
+    /// Mean fraction of the input that fired per frame.
+    pub fn fired_fraction(&self, frames: u64) -> f64 {
+        self.fired as f64 / (self.inputs * frames).max(1) as f64
+    }
+}
+
+/// Totals of a delta stream since the stats were last reset.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeltaStats {
+    pub frames: u64,
+    /// Frames that ran every layer dense on schedule (the first, every keyframe_interval).
+    pub keyframes: u64,
+    /// Frames where a layer reading a graph input moved too much, so the rest ran dense.
+    pub scene_cuts: u64,
+    pub layers: Vec<DeltaLayerStats>,
+    /// Multiply-adds per frame of the ops that always run dense (MatMul, convs whose weights
+    /// are computed).
+    pub other_macs_per_frame: u64,
+}
+
+impl DeltaStats {
+    /// Multiply-adds done over all frames.
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(|l| l.macs).sum::<u64>() + self.other_macs_per_frame * self.frames
+    }
+
+    /// Multiply-adds the dense graph would have done over the same frames.
+    pub fn dense_macs(&self) -> u64 {
+        (self.layers.iter().map(|l| l.dense_macs).sum::<u64>() + self.other_macs_per_frame) * self.frames
+    }
+
+    /// Fired fraction over all delta layers' inputs.
+    pub fn fired_fraction(&self) -> f64 {
+        let fired: u64 = self.layers.iter().map(|l| l.fired).sum();
+        let inputs: u64 = self.layers.iter().map(|l| l.inputs).sum();
+        fired as f64 / (inputs * self.frames).max(1) as f64
+    }
+}
+
+/// The delta state of one step.
+pub(crate) enum Layer {
+    Conv(ops::DeltaConv2d),
+    Linear(ops::DeltaLinear),
+}
+
+impl Layer {
+    fn input_len(&self) -> usize {
+        match self {
+            Layer::Conv(l) => l.input_len(),
+            Layer::Linear(l) => l.input_len(),
+        }
+    }
+
+    pub(crate) fn dense_macs(&self) -> u64 {
+        match self {
+            Layer::Conv(l) => l.dense_macs(),
+            Layer::Linear(l) => l.dense_macs(),
+        }
+    }
+
+    pub(crate) fn reference_input(&self) -> &[f32] {
+        match self {
+            Layer::Conv(l) => l.reference_input(),
+            Layer::Linear(l) => l.reference_input(),
+        }
+    }
+
+    pub(crate) fn output(&self) -> &[f32] {
+        match self {
+            Layer::Conv(l) => l.output(),
+            Layer::Linear(l) => l.output(),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Layer::Conv(l) => l.reset(),
+            Layer::Linear(l) => l.reset(),
+        }
+    }
+
+    fn run(&mut self, x: &[f32], key: bool, dense_above: f32) -> Result<DeltaStep> {
+        let max_fired = (dense_above as f64 * self.input_len() as f64) as usize;
+        match (self, key) {
+            (Layer::Conv(l), true) => {
+                l.keyframe(x)?;
+                Ok(l.last_step())
+            }
+            (Layer::Conv(l), false) => l.step_bounded(x, max_fired),
+            (Layer::Linear(l), true) => {
+                l.keyframe(x)?;
+                Ok(l.last_step())
+            }
+            (Layer::Linear(l), false) => l.step_bounded(x, max_fired),
+        }
+    }
+}
+
+/// Everything delta mode adds to a CPU executor.
+pub(crate) struct DeltaMode {
+    pub opts: DeltaOptions,
+    /// Per step: its delta state, for conv and linear steps with constant weights.
+    pub layers: Vec<Option<Layer>>,
+    /// Per step: whether it reads a graph input (a fallback there is a scene cut).
+    pub reads_input: Vec<bool>,
+    /// Index into `stats.layers` per step.
+    pub stat_of: Vec<usize>,
+    pub stats: DeltaStats,
+    /// Frames since the last scheduled keyframe; None forces one.
+    pub since_key: Option<usize>,
+}
+
+/// Per frame: whether the frame is a keyframe, and whether a scene cut has been seen so far.
+pub(crate) struct Frame {
+    pub key: bool,
+    pub cut: bool,
+}
+
+impl DeltaMode {
+    pub(crate) fn new(
+        opts: DeltaOptions,
+        layers: Vec<Option<Layer>>,
+        reads_input: Vec<bool>,
+        names: &[&str],
+        other_macs_per_frame: u64,
+    ) -> Result<DeltaMode> {
+        opts.validate()?;
+        let mut stat_of = vec![usize::MAX; layers.len()];
+        let mut stats = DeltaStats { other_macs_per_frame, ..DeltaStats::default() };
+        for (si, l) in layers.iter().enumerate() {
+            if let Some(l) = l {
+                stat_of[si] = stats.layers.len();
+                stats.layers.push(DeltaLayerStats {
+                    name: names[si].to_string(),
+                    theta: opts.theta_of(names[si]),
+                    reads_input: reads_input[si],
+                    inputs: l.input_len() as u64,
+                    dense_macs: l.dense_macs(),
+                    ..DeltaLayerStats::default()
+                });
+            }
+        }
+        Ok(DeltaMode { opts, layers, reads_input, stat_of, stats, since_key: None })
+    }
+
+    /// Starts a frame.
+    pub(crate) fn begin(&mut self) -> Frame {
+        let key = match self.since_key {
+            None => true,
+            Some(n) => self.opts.keyframe_interval > 0 && n + 1 >= self.opts.keyframe_interval,
+        };
+        self.since_key = Some(if key { 0 } else { self.since_key.map_or(0, |n| n + 1) });
+        self.stats.frames += 1;
+        self.stats.keyframes += u64::from(key);
+        Frame { key, cut: false }
+    }
+
+    /// Runs step `si`'s delta layer on `x`.
+    pub(crate) fn run(&mut self, si: usize, x: &[f32], frame: &mut Frame) -> Result<&[f32]> {
+        let layer = self.layers[si].as_mut().expect("called for delta steps only");
+        let dense = frame.key || frame.cut;
+        let step = layer.run(x, dense, self.opts.dense_above)?;
+        if step.keyed && !dense && self.reads_input[si] {
+            frame.cut = true;
+            self.stats.scene_cuts += 1;
+        }
+        let s = &mut self.stats.layers[self.stat_of[si]];
+        s.fired += step.fired as u64;
+        s.macs += step.macs;
+        s.dense_frames += u64::from(step.keyed);
+        Ok(layer.output())
+    }
+
+    /// The next frame is a keyframe.
+    pub(crate) fn reset(&mut self) {
+        self.since_key = None;
+        for l in self.layers.iter_mut().flatten() {
+            l.reset();
+        }
+    }
+
+    pub(crate) fn reset_stats(&mut self) {
+        self.stats.frames = 0;
+        self.stats.keyframes = 0;
+        self.stats.scene_cuts = 0;
+        for l in &mut self.stats.layers {
+            (l.fired, l.macs, l.dense_frames) = (0, 0, 0);
+        }
+    }
+}
