@@ -2,7 +2,8 @@
 //! the packed conv weights, the scratch buffers and every step's parameters are made at load,
 //! and ops split over the worker pool by index. Measured with a counting global allocator over
 //! the YOLOv8 fixture, with the worker pool and on the calling thread alone. (The only test in
-//! this binary, so nothing else allocates while it counts.)
+//! this binary, so nothing else allocates while it counts.) The same holds for a warm frame in
+//! delta mode.
 
 mod common;
 
@@ -50,6 +51,24 @@ fn a_warm_run_allocates_nothing_threaded_or_not() {
         }
         outputs.push(out);
     }
+    // Delta mode: a frame where a patch moved scans, gathers, multiplies and scatters through
+    // state made at enable time (and scratch grown during warm-up).
+    kestrel::ops::set_max_threads(2);
+    exec.enable_delta(kestrel::exec::DeltaOptions { keyframe_interval: 0, ..Default::default() }).unwrap();
+    let mut moved = input.clone();
+    for v in &mut moved[1000..1040] {
+        *v += 0.5;
+    }
+    for frame in [&input, &moved, &input, &moved] {
+        exec.run(&[frame]).unwrap();
+    }
+    let before = common::global_allocs();
+    let (result, largest, total) = measure_allocs(|| exec.run(&[&input]));
+    result.unwrap();
+    let anywhere = common::global_allocs() - before;
+    assert_eq!((total, anywhere), (0, 0), "a warm delta frame allocated {total} bytes (largest {largest})");
+    let s = exec.delta_stats().unwrap();
+    assert!(s.macs() < s.dense_macs(), "the measured frames ran sparse: {} of {} MACs", s.macs(), s.dense_macs());
     // The counter works: loading does allocate.
     let (_, _, load_total) = measure_allocs(|| CpuExecutor::new(&g, &|_| unreachable!()).unwrap());
     assert!(load_total > 0);

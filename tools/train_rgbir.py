@@ -15,12 +15,19 @@ The fused model follows DEYOLO (PAPERS.md section 3), scaled down to train on 2 
 - a YOLOv8 PAN neck and ultralytics' anchor-free Detect head (DFL 16 bins), trained with
   ultralytics' v8DetectionLoss (task-aligned assignment, CIoU + DFL + BCE).
 The single-modality baselines are the same backbone, neck and head on one input (no DEA).
+`fused-care` is the fused model plus one CARE block (tools/care.py, PAPERS.md section 1) on the
+fused P5 map, before the neck, for global context: linear attention over the 6x6 = 36 positions
+at 192 (g = 24 of the 96 channels, 2 heads of 12), dw 3x3 and 7x7 local slices, dual interaction
+with expansions (4, 4) as in CARE-S0's stages 3-4, layer scale gamma from 1e-6. It exports at
+opset 20 (exact GELU as `Gelu`) with one `kestrel::LinearAttention` node.
 
 Inputs are letterboxed to --imgsz (grey 114 padding, /255), as `kestrel detect` does.
 
   python tools/train_rgbir.py train --data /tmp/synth-train --modality fused --imgsz 192 \
       --minutes 20 --out /tmp/rgbir-fused
   python tools/train_rgbir.py export --checkpoint /tmp/rgbir-fused/model.pt --out /tmp/rgbir-fused/model.onnx
+  python tools/train_rgbir.py train --data /tmp/synth-train --modality fused-care --imgsz 192 \
+      --epochs 10 --minutes 60 --out /tmp/rgbir-care
 """
 
 import argparse
@@ -41,9 +48,16 @@ from PIL import Image
 from ultralytics.nn.modules import C2f, SPPF, Conv, Detect
 from ultralytics.utils.loss import v8DetectionLoss
 
+from care import CUSTOM_OPSETS, CareBlock, OPSET as CARE_OPSET, check_onnx
+
 CLASSES = ["person", "car", "bicycle"]
 STRIDES = (8, 16, 32)
 WIDTHS = (16, 32, 48, 64, 96)  # stem, /4, P3, P4, P5
+# The inputs each modality takes (the export's input names; kestrel maps them to cameras).
+INPUTS = {"fused": ("rgb", "ir"), "fused-care": ("rgb", "ir"), "rgb": ("rgb",), "ir": ("ir",)}
+# fused-care's CARE block at P5 (C = 96): g = C / 4 as in every released CARE config, 2 heads
+# (as in CARE-S0's attention stages), expansions of S0's stages 3-4.
+CARE_P5 = dict(g=WIDTHS[4] // 4, head_dim=WIDTHS[4] // 8, attention=True, ratios=(4, 4))
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -140,16 +154,17 @@ class Neck(nn.Module):
 
 
 class RgbIrDetector(nn.Module):
-    """modality: 'fused' takes (rgb, ir); 'rgb' takes rgb; 'ir' takes ir."""
+    """modality: 'fused' and 'fused-care' take (rgb, ir); 'rgb' takes rgb; 'ir' takes ir."""
 
     def __init__(self, modality, nc=len(CLASSES)):
         super().__init__()
         self.modality = modality
-        if modality in ("fused", "rgb"):
+        fused = modality in ("fused", "fused-care")
+        if fused or modality == "rgb":
             self.rgb = Backbone(3)
-        if modality in ("fused", "ir"):
+        if fused or modality == "ir":
             self.ir = Backbone(1)
-        if modality == "fused":
+        if fused:
             self.fuse_levels = nn.ModuleList([DEA(c) for c in WIDTHS[2:]])
         self.neck = Neck()
         head = Detect(nc=nc, ch=WIDTHS[2:])
@@ -159,11 +174,17 @@ class RgbIrDetector(nn.Module):
         self.stride = head.stride
         self.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
         self.names = dict(enumerate(CLASSES))
+        if modality == "fused-care":  # made last, so the shared layers start as in `fused` for a seed
+            self.care_p5 = CareBlock(WIDTHS[4], **CARE_P5)
 
     def forward(self, *inputs):
         if self.modality == "fused":
             rgb, ir = inputs
             feats = [f(a, b) for f, a, b in zip(self.fuse_levels, self.rgb(rgb), self.ir(ir))]
+        elif self.modality == "fused-care":
+            rgb, ir = inputs
+            p3, p4, p5 = [f(a, b) for f, a, b in zip(self.fuse_levels, self.rgb(rgb), self.ir(ir))]
+            feats = [p3, p4, self.care_p5(p5)]
         elif self.modality == "rgb":
             feats = self.rgb(inputs[0])
         else:
@@ -231,7 +252,7 @@ def batch_tensors(rgb, ir, labels, idx, flip):
 
 
 def inputs_for(model, x_rgb, x_ir):
-    return {"fused": (x_rgb, x_ir), "rgb": (x_rgb,), "ir": (x_ir,)}[model.modality]
+    return tuple({"rgb": x_rgb, "ir": x_ir}[name] for name in INPUTS[model.modality])
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -302,13 +323,14 @@ def export(args):
     head = model.model[-1]
     head.export, head.format = True, "onnx"
     size = ckpt["imgsz"]
-    dummy = {"fused": (torch.zeros(1, 3, size, size), torch.zeros(1, 1, size, size)),
-             "rgb": (torch.zeros(1, 3, size, size),), "ir": (torch.zeros(1, 1, size, size),)}[model.modality]
-    names = {"fused": ["rgb", "ir"], "rgb": ["rgb"], "ir": ["ir"]}[model.modality]
+    names = list(INPUTS[model.modality])
+    dummy = tuple(torch.zeros(1, {"rgb": 3, "ir": 1}[n], size, size) for n in names)
+    # fused-care: opset 20 for an exact `Gelu` (17 spells it with Erf), plus the kestrel domain.
+    care = model.modality == "fused-care"
     with torch.no_grad():
         model(*dummy)
-        torch.onnx.export(model, dummy, args.out, opset_version=17, input_names=names, output_names=["output0"],
-                          dynamo=False)
+        torch.onnx.export(model, dummy, args.out, opset_version=CARE_OPSET if care else 17, input_names=names,
+                          output_names=["output0"], dynamo=False, custom_opsets=CUSTOM_OPSETS if care else None)
     m = onnx.load(args.out)
     meta = {
         "description": f"kestrel RGB+IR detector ({model.modality}), DEYOLO-style, trained on kestrel synth",
@@ -324,6 +346,8 @@ def export(args):
         e.key, e.value = k, v
     onnx.save(m, args.out)
     print(f"wrote {args.out}")
+    if care:
+        check_onnx(args.out)  # only ops kestrel imports, plus kestrel::LinearAttention
 
 
 def main():
@@ -331,7 +355,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--data", required=True)
-    t.add_argument("--modality", choices=("fused", "rgb", "ir"), required=True)
+    t.add_argument("--modality", choices=tuple(INPUTS), required=True)
     t.add_argument("--imgsz", type=int, default=192)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--minutes", type=float, default=20.0, help="stop after this much training time")

@@ -63,7 +63,14 @@ impl CpuExecutor {
         let mut reads_input = Vec::with_capacity(self.steps.len());
         let mut other_macs = 0;
         for step in &self.steps {
-            let layer = self.delta_layer(step, opts.theta_of(&step.name))?;
+            let mut layer = self.delta_layer(step)?;
+            if let Some(l) = &mut layer {
+                l.set_thetas(opts.theta_of(&step.name)).map_err(|e| Error::GraphNode {
+                    node: step.name.clone(),
+                    op: step.kind.name().into(),
+                    reason: e.to_string(),
+                })?;
+            }
             if layer.is_none() {
                 other_macs += step.macs();
             }
@@ -76,7 +83,7 @@ impl CpuExecutor {
     }
 
     /// The delta state of `step`, if it is a conv or linear step with constant weights.
-    fn delta_layer(&self, step: &Step, theta: f32) -> Result<Option<Layer>> {
+    fn delta_layer(&self, step: &Step) -> Result<Option<Layer>> {
         let constant = |o: Option<&Operand>| match o {
             Some(Operand { loc: Loc::Const(c), len, .. }) => Some(Some(&self.consts[*c][..*len])),
             Some(_) => None,
@@ -86,7 +93,7 @@ impl CpuExecutor {
         Ok(match &step.kind {
             Kind::Conv(p) => match (constant(i.get(1)), constant(i.get(2))) {
                 (Some(Some(w)), Some(bias)) => {
-                    Some(Layer::Conv(ops::DeltaConv2d::new(&i[0].shape, w, &i[1].shape, bias, p, theta)?))
+                    Some(Layer::Conv(ops::DeltaConv2d::new(&i[0].shape, w, &i[1].shape, bias, p, 0.0)?))
                 }
                 _ => None,
             },
@@ -98,7 +105,7 @@ impl CpuExecutor {
                 match (w, constant(i.get(2))) {
                     (Some(Some(w)), Some(bias)) => {
                         let ([rows, k], n) = ([i[0].shape[0], i[0].shape[1]], o[0].shape[1]);
-                        Some(Layer::Linear(ops::DeltaLinear::new(rows, w, n, k, bias, theta)?))
+                        Some(Layer::Linear(ops::DeltaLinear::new(rows, w, n, k, bias, 0.0)?))
                     }
                     _ => None,
                 }
@@ -107,17 +114,24 @@ impl CpuExecutor {
         })
     }
 
-    /// Per delta layer (node name): the root mean square of its reference input, the scale its
-    /// theta is relative to (`kestrel calibrate-delta` sets theta = t x this scale).
-    pub fn delta_input_rms(&self) -> Vec<(String, f32)> {
+    /// Per delta layer (node name): the root mean square of its reference input per input
+    /// channel (axis 1), the scale its thresholds are relative to (`kestrel calibrate-delta`).
+    pub fn delta_input_rms(&self) -> Vec<(String, Vec<f32>)> {
         let Some(d) = &self.delta else { return Vec::new() };
         self.steps
             .iter()
             .zip(&d.layers)
             .filter_map(|(s, l)| l.as_ref().map(|l| (s, l.reference_input())))
             .map(|(s, x)| {
-                let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len().max(1) as f64;
-                (s.name.clone(), ms.sqrt() as f32)
+                let shape = &s.inputs[0].shape;
+                let c = shape.get(1).copied().unwrap_or(1).max(1);
+                let inner: usize = shape.iter().skip(2).product::<usize>().max(1);
+                let mut sums = vec![0.0f64; c];
+                for (i, &v) in x.iter().enumerate() {
+                    sums[(i / inner) % c] += v as f64 * v as f64;
+                }
+                let per = (x.len() / c).max(1) as f64;
+                (s.name.clone(), sums.iter().map(|t| (t / per).sqrt() as f32).collect())
             })
             .collect()
     }

@@ -22,8 +22,8 @@ pub const THETA_METADATA_KEY: &str = "delta.theta";
 pub struct DeltaOptions {
     /// theta of layers without their own.
     pub theta: f32,
-    /// Per-layer theta, by node name.
-    pub layer_theta: Vec<(String, f32)>,
+    /// Per-layer theta, by node name: one value, or one per input channel.
+    pub layer_theta: Vec<(String, Vec<f32>)>,
     /// A dense keyframe every this many frames (0: only the first frame and scene cuts). Float
     /// rounding in the accumulated outputs is what keyframes bound.
     pub keyframe_interval: usize,
@@ -50,18 +50,17 @@ impl DeltaOptions {
         Ok(opts)
     }
 
-    /// theta of layer `name`.
-    pub fn theta_of(&self, name: &str) -> f32 {
-        self.layer_theta.iter().find(|(n, _)| n == name).map_or(self.theta, |&(_, t)| t)
+    /// theta of layer `name`: one value, or one per input channel.
+    pub fn theta_of(&self, name: &str) -> &[f32] {
+        self.layer_theta.iter().find(|(n, _)| n == name).map_or(std::slice::from_ref(&self.theta), |(_, t)| t)
     }
 
     fn validate(&self) -> Result<()> {
         let bad = |what: &str, v: f32| Error::InvalidArgument {
             reason: format!("delta {what} {v}: must be finite and >= 0"),
         };
-        for (name, t) in
-            std::iter::once(("theta", self.theta)).chain(self.layer_theta.iter().map(|(n, t)| (n.as_str(), *t)))
-        {
+        let layers = self.layer_theta.iter().flat_map(|(n, t)| t.iter().map(move |&t| (n.as_str(), t)));
+        for (name, t) in std::iter::once(("theta", self.theta)).chain(layers) {
             if !t.is_finite() || t < 0.0 {
                 return Err(bad(&format!("theta of {name}"), t));
             }
@@ -75,8 +74,9 @@ impl DeltaOptions {
     }
 }
 
-/// Parses `delta.theta` metadata: one `name=value` per line, `*=value` for the default.
-pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, f32)>)> {
+/// Parses `delta.theta` metadata: one `name=theta` per line, where theta is one number or one
+/// per input channel separated by commas; `*=theta` gives the default.
+pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, Vec<f32>)>)> {
     let mut default = None;
     let mut layers = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -88,12 +88,16 @@ pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, f32)>)> {
             reason: format!("{THETA_METADATA_KEY} line {}: '{line}': {why}", n + 1),
         };
         let (name, value) = line.rsplit_once('=').ok_or_else(|| bad("expected name=theta"))?;
-        let theta: f32 = value.trim().parse().map_err(|_| bad("theta is not a number"))?;
-        if !theta.is_finite() || theta < 0.0 {
+        let theta = value
+            .split(',')
+            .map(|v| v.trim().parse::<f32>().map_err(|_| bad("theta is not a number")))
+            .collect::<Result<Vec<f32>>>()?;
+        if theta.iter().any(|t| !t.is_finite() || *t < 0.0) {
             return Err(bad("theta must be finite and >= 0"));
         }
         match name.trim() {
-            "*" => default = Some(theta),
+            "*" if theta.len() == 1 => default = Some(theta[0]),
+            "*" => return Err(bad("the default is one number")),
             "" => return Err(bad("empty layer name")),
             name => layers.push((name.to_string(), theta)),
         }
@@ -102,10 +106,11 @@ pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, f32)>)> {
 }
 
 /// The inverse of [`parse_thetas`].
-pub fn format_thetas(default: f32, layers: &[(String, f32)]) -> String {
+pub fn format_thetas(default: f32, layers: &[(String, Vec<f32>)]) -> String {
     let mut s = format!("*={default}\n");
     for (name, t) in layers {
-        s.push_str(&format!("{name}={t}\n"));
+        let values: Vec<String> = t.iter().map(|v| format!("{v:.6e}")).collect();
+        s.push_str(&format!("{name}={}\n", values.join(",")));
     }
     s
 }
@@ -115,6 +120,7 @@ pub fn format_thetas(default: f32, layers: &[(String, f32)]) -> String {
 pub struct DeltaLayerStats {
     /// Node name.
     pub name: String,
+    /// Mean theta over the input channels.
     pub theta: f32,
     /// The layer reads a graph input (a camera), so it sees the sensor noise first-hand.
     pub reads_input: bool,
@@ -188,6 +194,13 @@ impl Layer {
         match self {
             Layer::Conv(l) => l.dense_macs(),
             Layer::Linear(l) => l.dense_macs(),
+        }
+    }
+
+    pub(crate) fn set_thetas(&mut self, theta: &[f32]) -> Result<()> {
+        match self {
+            Layer::Conv(l) => l.set_thetas(theta),
+            Layer::Linear(l) => l.set_thetas(theta),
         }
     }
 
@@ -265,7 +278,10 @@ impl DeltaMode {
                 stat_of[si] = stats.layers.len();
                 stats.layers.push(DeltaLayerStats {
                     name: names[si].to_string(),
-                    theta: opts.theta_of(names[si]),
+                    theta: {
+                        let t = opts.theta_of(names[si]);
+                        t.iter().sum::<f32>() / t.len() as f32
+                    },
                     reads_input: reads_input[si],
                     inputs: l.input_len() as u64,
                     dense_macs: l.dense_macs(),

@@ -32,6 +32,22 @@ fn check_theta(op: &str, theta: f32) -> Result<()> {
     Ok(())
 }
 
+fn set_thetas(op: &str, dst: &mut [f32], theta: &[f32]) -> Result<()> {
+    for &t in theta {
+        check_theta(op, t)?;
+    }
+    match theta.len() {
+        1 => dst.fill(theta[0]),
+        n if n == dst.len() => dst.copy_from_slice(theta),
+        n => {
+            return Err(Error::InvalidArgument {
+                reason: format!("{op}: {n} thresholds for {} input channels (give 1 or one per channel)", dst.len()),
+            })
+        }
+    }
+    Ok(())
+}
+
 /// What one step of a delta layer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeltaStep {
@@ -81,6 +97,13 @@ impl TapTable {
     }
 }
 
+/// Moved input positions per GEMM of the one-group path: bounds the scratch.
+const CHUNK: usize = 256;
+
+/// How many times the scatter's multiply-adds the position GEMM may do and still be chosen:
+/// roughly how much faster the GEMM kernel runs than the scatter's short row updates.
+const GEMM_ADVANTAGE: usize = 6;
+
 /// One conv layer's delta state.
 #[derive(Clone, Debug)]
 pub struct DeltaConv2d {
@@ -88,7 +111,8 @@ pub struct DeltaConv2d {
     out_shape: [usize; 4],
     w_shape: [usize; 4],
     group: usize,
-    /// Weights for the scatter: [group, kH, kW, C/group, M/group].
+    /// Weights for the scatter: [group, kH, kW, C/group, M/group] (grouped convs), or
+    /// [C, kH * kW, M] for one group, the right operand of the per-chunk GEMM.
     w_taps: Vec<f32>,
     /// Weights for the dense keyframe, in the GEMM kernel's layout.
     packed: PackedConvWeights,
@@ -98,7 +122,8 @@ pub struct DeltaConv2d {
     activation: Activation,
     rows: TapTable,
     cols: TapTable,
-    theta: f32,
+    /// Per input channel.
+    theta: Vec<f32>,
     x_ref: Vec<f32>,
     /// Pre-activation output, position-major [N, OH*OW, M].
     y: Vec<f32>,
@@ -111,6 +136,12 @@ pub struct DeltaConv2d {
     /// Scratch: the fired (weight offset, dx) of one input position, and one output row.
     fired_here: Vec<(u32, f32)>,
     row: Vec<f32>,
+    /// Scratch of the one-group path: which input positions moved, their list, the dx rows of
+    /// one chunk of them ([CHUNK, C]) and their products with every tap ([CHUNK, kH * kW * M]).
+    moved: Vec<u8>,
+    positions: Vec<u32>,
+    dx_rows: Vec<f32>,
+    products: Vec<f32>,
     keyed: bool,
     last: DeltaStep,
 }
@@ -150,11 +181,17 @@ impl DeltaConv2d {
             for cl in 0..cg {
                 for i in 0..kh {
                     for j in 0..kw {
-                        w_taps[(((g * kh + i) * kw + j) * cg + cl) * mg + mol] = w[((mo * cg + cl) * kh + i) * kw + j];
+                        let at = if group == 1 {
+                            (cl * kh * kw + i * kw + j) * m + mo
+                        } else {
+                            (((g * kh + i) * kw + j) * cg + cl) * mg + mol
+                        };
+                        w_taps[at] = w[((mo * cg + cl) * kh + i) * kw + j];
                     }
                 }
             }
         }
+        let one_group = group == 1;
         let positions = out_shape[0] * out_shape[2] * out_shape[3];
         Ok(DeltaConv2d {
             x_shape: xs,
@@ -168,7 +205,7 @@ impl DeltaConv2d {
             activation: p.activation.clone(),
             rows: TapTable::new(xs[2], out_shape[2], kh, p.strides[0], p.dilations[0], p.pads[0]),
             cols: TapTable::new(xs[3], out_shape[3], kw, p.strides[1], p.dilations[1], p.pads[1]),
-            theta,
+            theta: vec![theta; xs[1]],
             x_ref: vec![0.0; xs.iter().product()],
             y: vec![0.0; out_shape.iter().product()],
             out: vec![0.0; out_shape.iter().product()],
@@ -177,6 +214,10 @@ impl DeltaConv2d {
             generation: 0,
             fired_here: Vec::with_capacity(xs[1]),
             row: vec![0.0; m],
+            moved: if one_group { vec![0; xs[2] * xs[3]] } else { Vec::new() },
+            positions: Vec::with_capacity(if one_group { xs[2] * xs[3] } else { 0 }),
+            dx_rows: if one_group { vec![0.0; CHUNK * xs[1]] } else { Vec::new() },
+            products: if one_group { vec![0.0; CHUNK * kh * kw * m] } else { Vec::new() },
             keyed: false,
             last: DeltaStep::default(),
         })
@@ -191,14 +232,15 @@ impl DeltaConv2d {
         self.out_shape
     }
 
-    pub fn theta(&self) -> f32 {
-        self.theta
+    /// theta per input channel.
+    pub fn thetas(&self) -> &[f32] {
+        &self.theta
     }
 
-    pub fn set_theta(&mut self, theta: f32) -> Result<()> {
-        check_theta("delta_conv2d", theta)?;
-        self.theta = theta;
-        Ok(())
+    /// One theta for every input channel, or one per channel (PAPERS.md section 2: channel-wise
+    /// thresholds, so a channel of small activations is judged on its own scale).
+    pub fn set_thetas(&mut self, theta: &[f32]) -> Result<()> {
+        set_thetas("delta_conv2d", &mut self.theta, theta)
     }
 
     /// The reference input: what the output is the conv of.
@@ -281,6 +323,9 @@ impl DeltaConv2d {
             self.generation = 1;
         }
         self.touched.clear();
+        if self.group == 1 {
+            return self.step_one_group(x, max_fired, kern);
+        }
         let (mut fired, mut macs) = (0usize, 0u64);
         for b in 0..n {
             let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
@@ -291,10 +336,10 @@ impl DeltaConv2d {
                     // rows of M/group floats: for one group, float offsets of whole rows.
                     self.fired_here.clear();
                     let scale = if self.group == 1 { m } else { 1 };
-                    for ci in 0..c {
+                    for (ci, &theta) in self.theta.iter().enumerate() {
                         let k = ci * hw + pos;
                         let dx = xb[k] - rb[k];
-                        if fires(dx, self.theta) {
+                        if fires(dx, theta) {
                             rb[k] = xb[k];
                             let (g, cl) = (ci / cg, ci % cg);
                             self.fired_here.push((((g * kh * kw * cg + cl) * scale) as u32, dx));
@@ -341,6 +386,156 @@ impl DeltaConv2d {
         Ok(self.last)
     }
 
+    /// The step of a one-group conv. The unit of compaction is the input position: every
+    /// position where some channel fired becomes one row of dx (the channels that did not fire
+    /// are 0 there, and keep their reference), and a chunk of such rows times the weights of
+    /// all taps is one GEMM, whose rows are then added into the outputs each tap reaches. The
+    /// work is proportional to the moved positions, at the GEMM kernel's speed.
+    fn step_one_group(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        match kern {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
+            Kernel::Avx512 => unsafe { self.step_one_group_avx512(x, max_fired, kern) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2Fma => unsafe { self.step_one_group_avx2(x, max_fired, kern) },
+            _ => self.step_one_group_body(x, max_fired, kern),
+        }
+    }
+
+    /// The scan, gather and row additions at 16 lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn step_one_group_avx512(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        self.step_one_group_body(x, max_fired, kern)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step_one_group_avx2(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        self.step_one_group_body(x, max_fired, kern)
+    }
+
+    #[inline(always)]
+    fn step_one_group_body(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        let [n, c, h, w] = self.x_shape;
+        let [m, _, kh, kw] = self.w_shape;
+        let [_, _, oh, ow] = self.out_shape;
+        let (hw, ohw, taps) = (h * w, oh * ow, kh * kw);
+        let (mut fired, mut macs) = (0usize, 0u64);
+        for b in 0..n {
+            let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
+            // Which positions moved, and how many entries fire: one contiguous, vectorisable
+            // pass per channel plane.
+            self.moved.fill(0);
+            let mut firing = 0usize;
+            for (ci, &theta) in self.theta.iter().enumerate() {
+                let (xp, rp) = (&xb[ci * hw..][..hw], &rb[ci * hw..][..hw]);
+                for ((mv, &xv), &rv) in self.moved.iter_mut().zip(xp).zip(rp) {
+                    let dx = xv - rv;
+                    let f = u8::from(dx != 0.0) & u8::from(dx.abs() >= theta);
+                    *mv |= f;
+                    firing += f as usize;
+                }
+            }
+            if firing.saturating_add(fired) > max_fired {
+                self.keyframe(x)?;
+                return Ok(self.last);
+            }
+            self.positions.clear();
+            self.positions.extend(self.moved.iter().enumerate().filter(|(_, &v)| v != 0).map(|(p, _)| p as u32));
+            // A GEMM over whole positions does C / (fired per position) times the scatter's
+            // multiply-adds, at several times its speed: it wins unless the firing is very
+            // scattered across channels.
+            if self.positions.len() * c > GEMM_ADVANTAGE * firing {
+                let (f, mc) = self.scatter_positions(b, x, kern);
+                fired += f;
+                macs += mc;
+                continue;
+            }
+            for chunk_at in (0..self.positions.len()).step_by(CHUNK) {
+                let chunk = &self.positions[chunk_at..(chunk_at + CHUNK).min(self.positions.len())];
+                let rows = chunk.len();
+                for (r, &pos) in chunk.iter().enumerate() {
+                    let row = &mut self.dx_rows[r * c..][..c];
+                    for (ci, (d, &theta)) in row.iter_mut().zip(&self.theta).enumerate() {
+                        let k = ci * hw + pos as usize;
+                        let dx = xb[k] - rb[k];
+                        *d = if fires(dx, theta) {
+                            rb[k] = xb[k];
+                            fired += 1;
+                            dx
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                let products = &mut self.products[..rows * taps * m];
+                super::matmul(&self.dx_rows[..rows * c], &[rows, c], &self.w_taps, &[c, taps * m], products)?;
+                macs += (rows * c * taps * m) as u64;
+                for (r, &pos) in chunk.iter().enumerate() {
+                    let (ih, iw) = (pos as usize / w, pos as usize % w);
+                    for &(i, orow) in self.rows.of(ih) {
+                        for &(j, ocol) in self.cols.of(iw) {
+                            let at = b * ohw + orow as usize * ow + ocol as usize;
+                            if self.mark[at] != self.generation {
+                                self.mark[at] = self.generation;
+                                self.touched.push(at as u32);
+                            }
+                            let z = &products[(r * taps + i as usize * kw + j as usize) * m..][..m];
+                            for (yv, zv) in self.y[at * m..][..m].iter_mut().zip(z) {
+                                *yv += zv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.refresh_touched(kern);
+        self.last = DeltaStep { fired, macs, keyed: false };
+        Ok(self.last)
+    }
+
+    /// The scatter of the moved positions of image `b`, entry by entry (four fired channels per
+    /// pass of the output row): (fired entries, multiply-adds).
+    fn scatter_positions(&mut self, b: usize, x: &[f32], kern: Kernel) -> (usize, u64) {
+        let [_, c, h, w] = self.x_shape;
+        let [m, _, kh, kw] = self.w_shape;
+        let [_, _, oh, ow] = self.out_shape;
+        let (hw, ohw) = (h * w, oh * ow);
+        let xb = &x[b * c * hw..][..c * hw];
+        let rb = &mut self.x_ref[b * c * hw..][..c * hw];
+        let (mut fired, mut macs) = (0usize, 0u64);
+        for &pos in &self.positions {
+            let pos = pos as usize;
+            self.fired_here.clear();
+            for (ci, &theta) in self.theta.iter().enumerate() {
+                let k = ci * hw + pos;
+                let dx = xb[k] - rb[k];
+                if fires(dx, theta) {
+                    rb[k] = xb[k];
+                    // Offset of channel ci's row of M in tap 0 of the [C, kH * kW, M] weights.
+                    self.fired_here.push(((ci * kh * kw * m) as u32, dx));
+                }
+            }
+            fired += self.fired_here.len();
+            let (ih, iw) = (pos / w, pos % w);
+            for &(i, orow) in self.rows.of(ih) {
+                for &(j, ocol) in self.cols.of(iw) {
+                    let at = b * ohw + orow as usize * ow + ocol as usize;
+                    if self.mark[at] != self.generation {
+                        self.mark[at] = self.generation;
+                        self.touched.push(at as u32);
+                    }
+                    let tap = (i as usize * kw + j as usize) * m;
+                    kern.axpy_taps(&mut self.y[at * m..][..m], &self.w_taps, tap, &self.fired_here);
+                    macs += (self.fired_here.len() * m) as u64;
+                }
+            }
+        }
+        (fired, macs)
+    }
+
     /// Rewrites act(y) at the positions this step touched.
     fn refresh_touched(&mut self, kern: Kernel) {
         let [_, m, oh, ow] = self.out_shape;
@@ -373,7 +568,8 @@ pub struct DeltaLinear {
     /// W^T: [K, N], so the outputs one fired input reaches are a contiguous row.
     w_t: Vec<f32>,
     bias: Option<Vec<f32>>,
-    theta: f32,
+    /// Per input feature.
+    theta: Vec<f32>,
     x_ref: Vec<f32>,
     y: Vec<f32>,
     fired_here: Vec<(u32, f32)>,
@@ -404,7 +600,7 @@ impl DeltaLinear {
             n,
             w_t,
             bias: bias.map(<[f32]>::to_vec),
-            theta,
+            theta: vec![theta; k],
             x_ref: vec![0.0; rows * k],
             y: vec![0.0; rows * n],
             fired_here: Vec::with_capacity(k),
@@ -418,14 +614,14 @@ impl DeltaLinear {
         &self.y
     }
 
-    pub fn theta(&self) -> f32 {
-        self.theta
+    /// theta per input feature.
+    pub fn thetas(&self) -> &[f32] {
+        &self.theta
     }
 
-    pub fn set_theta(&mut self, theta: f32) -> Result<()> {
-        check_theta("delta_linear", theta)?;
-        self.theta = theta;
-        Ok(())
+    /// One theta for every input feature, or one per feature.
+    pub fn set_thetas(&mut self, theta: &[f32]) -> Result<()> {
+        set_thetas("delta_linear", &mut self.theta, theta)
     }
 
     pub fn reference_input(&self) -> &[f32] {
@@ -481,10 +677,10 @@ impl DeltaLinear {
         let (mut fired, mut macs) = (0usize, 0u64);
         for r in 0..self.rows {
             self.fired_here.clear();
-            for i in 0..self.k {
+            for (i, &theta) in self.theta.iter().enumerate() {
                 let at = r * self.k + i;
                 let dx = x[at] - self.x_ref[at];
-                if fires(dx, self.theta) {
+                if fires(dx, theta) {
                     self.x_ref[at] = x[at];
                     self.fired_here.push(((i * self.n) as u32, dx));
                 }

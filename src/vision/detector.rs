@@ -181,8 +181,9 @@ impl Detector {
         }
     }
 
-    /// Per delta layer: the RMS of its current reference input (empty when not in delta mode).
-    pub fn delta_input_rms(&self) -> Vec<(String, f32)> {
+    /// Per delta layer: the RMS of its current reference input per input channel (empty when
+    /// not in delta mode).
+    pub fn delta_input_rms(&self) -> Vec<(String, Vec<f32>)> {
         match &self.engine {
             Engine::Cpu(e) => e.delta_input_rms(),
             Engine::Gpu(_) => Vec::new(),

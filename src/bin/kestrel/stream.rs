@@ -223,16 +223,26 @@ pub fn calibrate_delta_cmd(
     // The scale of each layer's input: its RMS averaged over keyframes of every 10th frame.
     let mut probe = m.open(options.clone())?;
     probe.enable_delta(DeltaOptions { keyframe_interval: 1, ..base.clone() })?;
-    let mut scales: Vec<(String, f32)> = Vec::new();
+    let mut scales: Vec<(String, Vec<f32>)> = Vec::new();
     let probes = frames.iter().step_by(10).collect::<Vec<_>>();
     for f in &probes {
         probe.detect(f.rgb.as_ref(), f.ir.as_ref())?;
         let rms = probe.delta_input_rms();
         if scales.is_empty() {
-            scales = rms.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+            scales = rms.iter().map(|(n, r)| (n.clone(), vec![0.0; r.len()])).collect();
         }
         for (s, (_, r)) in scales.iter_mut().zip(rms) {
-            s.1 += r / probes.len() as f32;
+            for (a, b) in s.1.iter_mut().zip(r) {
+                *a += b / probes.len() as f32;
+            }
+        }
+    }
+    // Channel-wise scales, floored at a tenth of the layer's: a channel that barely varies
+    // would otherwise fire on every rounding.
+    for (_, s) in &mut scales {
+        let layer = (s.iter().map(|v| v * v).sum::<f32>() / s.len().max(1) as f32).sqrt();
+        for v in s.iter_mut() {
+            *v = v.max(0.1 * layer);
         }
     }
     let probe_inputs: Vec<String> = probe
@@ -244,19 +254,19 @@ pub fn calibrate_delta_cmd(
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let tty = std::io::stderr().is_terminal();
     let mut tried = Vec::new();
-    let mut best: Option<((f64, f64), f64, Vec<(String, f32)>)> = None; // ((t, camera t), mac ratio, thetas)
-                                                                        // Layers that read a camera see its sensor noise, which nothing downstream can tell from
-                                                                        // motion: they get their own multiplier, searched jointly with the rest.
+    let mut best: Option<((f64, f64), f64, Vec<(String, Vec<f32>)>)> = None; // ((t, camera t), mac ratio, thetas)
+                                                                             // Layers that read a camera see its sensor noise, which nothing downstream can tell from
+                                                                             // motion: they get their own multiplier, searched jointly with the rest.
     let reads_camera: Vec<bool> = scales.iter().map(|(n, _)| probe_inputs.contains(n)).collect();
     for t in [0.03, 0.05, 0.07, 0.1, 0.15, 0.2] {
         for t_in in [0.02, 0.03, 0.05, 0.07, 0.1] {
             if t_in > t {
                 continue;
             }
-            let thetas: Vec<(String, f32)> = scales
+            let thetas: Vec<(String, Vec<f32>)> = scales
                 .iter()
                 .zip(&reads_camera)
-                .map(|((n, s), &cam)| (n.clone(), s * if cam { t_in } else { t } as f32))
+                .map(|((n, s), &cam)| (n.clone(), s.iter().map(|v| v * if cam { t_in } else { t } as f32).collect()))
                 .collect();
             let mut det = m.open(options.clone())?;
             det.enable_delta(DeltaOptions { layer_theta: thetas.clone(), ..base.clone() })?;
@@ -299,7 +309,7 @@ pub fn calibrate_delta_cmd(
     w.write(target)?;
     let report = json!({"model": target.display().to_string(), "t": t, "t_camera": t_in, "mac_ratio": ratio,
                         "dense_map50": dense_pass.map50, "tried": tried,
-                        "thetas": thetas.iter().map(|(n, v)| json!({"name": n, "theta": v})).collect::<Vec<_>>()});
+                        "thetas": thetas.iter().map(|(n, v)| json!({"name": n, "theta_mean": v.iter().sum::<f32>() / v.len() as f32})).collect::<Vec<_>>()});
     if json {
         println!("{report}");
     } else {

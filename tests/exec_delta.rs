@@ -1,0 +1,151 @@
+//! Delta mode of the CPU executor on a real graph (the YOLOv8 fixture): with theta = 0 a stream
+//! where a patch moves gives the dense outputs up to float rounding while doing less work;
+//! scene cuts and scheduled keyframes run dense; thresholds come from options or metadata.
+
+use std::path::Path;
+
+use kestrel::exec::delta::{format_thetas, parse_thetas, THETA_METADATA_KEY};
+use kestrel::exec::{CpuExecutor, DeltaOptions};
+use kestrel::graph::{onnx::import, passes::optimize};
+use kestrel::import::onnx::Model;
+use kestrel::rng::SplitMix64;
+
+/// Relative L2 error allowed between a delta stream at theta = 0 and the dense run: the
+/// accumulated outputs differ from the dense ones only by float summation order.
+const DELTA_EXACT_TOL: f64 = 1e-5;
+
+fn executor() -> (CpuExecutor, Vec<f32>, Vec<usize>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny");
+    let mut g = import(&Model::load(&dir.join("model.onnx")).unwrap()).unwrap();
+    optimize(&mut g).unwrap();
+    let exec = CpuExecutor::new(&g, &|_| unreachable!()).unwrap();
+    let (shape, input) = kestrel::npy::read(&dir.join("input.npy")).unwrap();
+    (exec, input, shape)
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// `x` with a `size` x `size` patch at (top, left) of every channel redrawn.
+fn move_patch(x: &[f32], shape: &[usize], top: usize, left: usize, size: usize, r: &mut SplitMix64) -> Vec<f32> {
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let mut y = x.to_vec();
+    for ci in 0..c {
+        for i in top..(top + size).min(h) {
+            for j in left..(left + size).min(w) {
+                y[(ci * h + i) * w + j] = r.normal() as f32;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn a_stream_at_theta_zero_matches_dense_with_less_work() {
+    let (mut dense, input, shape) = executor();
+    let (mut delta, _, _) = executor();
+    delta.enable_delta(DeltaOptions { keyframe_interval: 0, ..DeltaOptions::default() }).unwrap();
+    let mut r = SplitMix64::new(41);
+    let mut frame = input.clone();
+    for n in 0..5 {
+        if n > 0 {
+            frame = move_patch(&frame, &shape, 3 * n, 5 * n, 6, &mut r);
+        }
+        dense.run(&[&frame]).unwrap();
+        delta.run(&[&frame]).unwrap();
+        for o in 0..dense.num_outputs() {
+            let err = rel_l2(delta.output(o), dense.output(o));
+            assert!(err <= DELTA_EXACT_TOL, "frame {n} output {o}: relative L2 {err:.2e} > {DELTA_EXACT_TOL:.0e}");
+        }
+    }
+    let s = delta.delta_stats().unwrap();
+    assert_eq!((s.frames, s.keyframes, s.scene_cuts), (5, 1, 0), "{s:?}");
+    assert!(!s.layers.is_empty());
+    // Four of five frames moved one 6x6 patch of 160x160. At theta = 0 every change spreads
+    // through the receptive fields, so the deep layers redo most of their work; the first conv
+    // redoes only the patch's neighbourhood.
+    assert!(s.macs() * 5 < s.dense_macs() * 4, "delta {} MACs against dense {}", s.macs(), s.dense_macs());
+    let first = &s.layers[0];
+    let first_delta_frames = first.macs - first.dense_macs; // the keyframe did one dense run
+    assert!(first_delta_frames * 20 < first.dense_macs * 4, "first layer: {first:?}");
+    // The keyframe fires everything; the other four frames fire far less.
+    assert!(s.fired_fraction() > 0.2 && s.fired_fraction() < 0.75, "fired {}", s.fired_fraction());
+    assert_eq!(s.dense_macs(), 5 * dense.dense_macs());
+}
+
+#[test]
+fn scene_cuts_and_scheduled_keyframes_run_dense() {
+    let (mut dense, input, shape) = executor();
+    let (mut delta, _, _) = executor();
+    delta.enable_delta(DeltaOptions { keyframe_interval: 3, theta: 0.01, ..DeltaOptions::default() }).unwrap();
+    let mut r = SplitMix64::new(7);
+    let mut frame = input.clone();
+    let mut cut_frame = 0;
+    for n in 0..7 {
+        if n == 4 {
+            // Everything changes: a scene cut.
+            frame = (0..frame.len()).map(|_| r.normal() as f32).collect();
+            cut_frame = n;
+        } else if n > 0 {
+            frame = move_patch(&frame, &shape, n, n, 4, &mut r);
+        }
+        dense.run(&[&frame]).unwrap();
+        delta.run(&[&frame]).unwrap();
+        if n == cut_frame {
+            // A dense frame is the dense run.
+            assert!(rel_l2(delta.output(0), dense.output(0)) <= DELTA_EXACT_TOL);
+        }
+    }
+    let s = delta.delta_stats().unwrap().clone();
+    // Keyframes at frames 0, 3 and 6; frame 4 is a cut.
+    assert_eq!((s.frames, s.keyframes, s.scene_cuts), (7, 3, 1), "{s:?}");
+    // reset_delta: the next frame is a keyframe; stats restart on request.
+    delta.reset_delta_stats();
+    delta.reset_delta();
+    delta.run(&[&frame]).unwrap();
+    let s = delta.delta_stats().unwrap();
+    assert_eq!((s.frames, s.keyframes), (1, 1));
+    assert!(s.layers.iter().all(|l| l.dense_frames == 1));
+}
+
+#[test]
+fn thresholds_come_from_options_per_layer_and_per_channel() {
+    let (mut exec, input, _) = executor();
+    exec.enable_delta(DeltaOptions::default()).unwrap();
+    exec.run(&[&input]).unwrap();
+    let rms = exec.delta_input_rms();
+    assert!(!rms.is_empty() && rms.iter().all(|(_, r)| !r.is_empty() && r.iter().all(|v| v.is_finite())));
+    // One value per channel for the first layer, one value for the second.
+    let (first, second) = (&rms[0], &rms[1]);
+    let layer_theta =
+        vec![(first.0.clone(), first.1.iter().map(|v| v * 0.1).collect()), (second.0.clone(), vec![0.25])];
+    let text = format_thetas(0.05, &layer_theta);
+    let (default, parsed) = parse_thetas(&text).unwrap();
+    assert_eq!(default, Some(0.05));
+    assert_eq!(parsed.len(), 2);
+    for ((a, ta), (b, tb)) in parsed.iter().zip(&layer_theta) {
+        assert_eq!(a, b);
+        assert!(ta.iter().zip(tb).all(|(x, y)| (x - y).abs() <= 1e-6 * y.abs().max(1e-6)));
+    }
+    let metadata = vec![(THETA_METADATA_KEY.to_string(), text)];
+    let opts = DeltaOptions::from_metadata(&metadata).unwrap();
+    assert_eq!(opts.theta_of(&second.0), &[0.25]);
+    assert_eq!(opts.theta_of("no such layer"), &[0.05]);
+    exec.enable_delta(opts).unwrap();
+    let s = exec.delta_stats().unwrap();
+    assert!((s.layers[1].theta - 0.25).abs() < 1e-6);
+    assert!((s.layers[2].theta - 0.05).abs() < 1e-6);
+    // Wrong channel counts, negative or NaN thresholds and malformed text are errors.
+    let wrong =
+        DeltaOptions { layer_theta: vec![(first.0.clone(), vec![0.1; first.1.len() + 1])], ..DeltaOptions::default() };
+    assert!(exec.enable_delta(wrong).is_err());
+    assert!(exec.enable_delta(DeltaOptions { theta: -1.0, ..DeltaOptions::default() }).is_err());
+    assert!(exec.enable_delta(DeltaOptions { theta: f32::NAN, ..DeltaOptions::default() }).is_err());
+    assert!(exec.enable_delta(DeltaOptions { dense_above: 1.5, ..DeltaOptions::default() }).is_err());
+    for bad in ["conv", "conv=x", "conv=-1", "*=1,2", "=0.1", "conv=NaN"] {
+        assert!(parse_thetas(bad).is_err(), "{bad:?} parsed");
+    }
+}
