@@ -13,6 +13,30 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 
 /// Parses a .npy file's bytes: (shape, values). Only `<f4`, C order.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (shape, width, data) = parse_raw(bytes, path, &[4])?;
+    debug_assert_eq!(width, 4);
+    Ok((shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
+}
+
+/// Parses `<f4` or `<f8` data as f64: float64 references (PyTorch in double) keep their digits.
+pub fn parse_f64(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let (shape, width, data) = parse_raw(bytes, path, &[4, 8])?;
+    let values = if width == 8 {
+        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+    } else {
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
+    };
+    Ok((shape, values))
+}
+
+/// Reads a float32 or float64 .npy file as f64.
+pub fn read_f64(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_f64(&bytes, path)
+}
+
+/// (shape, bytes per element, data) of a little-endian float array of one of `widths` (4, 8).
+fn parse_raw<'a>(bytes: &'a [u8], path: &Path, widths: &[usize]) -> Result<(Vec<usize>, usize, &'a [u8])> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad(path, "not a .npy file"));
     }
@@ -30,11 +54,16 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         Some(rest)
     };
     let descr = field("descr").ok_or_else(|| bad(path, "no descr"))?;
-    if !descr.starts_with("'<f4'") {
-        return Err(bad(
-            path,
-            format!("element type {} (only little-endian float32 '<f4')", descr.split(',').next().unwrap_or("")),
-        ));
+    let width = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        0
+    };
+    if !widths.contains(&width) {
+        let allowed = if widths.contains(&8) { "'<f4' or '<f8'" } else { "little-endian float32 '<f4'" };
+        return Err(bad(path, format!("element type {} (only {allowed})", descr.split(',').next().unwrap_or(""))));
     }
     if !field("fortran_order").is_some_and(|f| f.starts_with("False")) {
         return Err(bad(path, "Fortran-order arrays are not supported"));
@@ -49,10 +78,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .collect::<Result<_>>()?;
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(path, "shape overflows"))?;
     let data = &bytes[end..];
-    if data.len() != n * 4 {
-        return Err(bad(path, format!("{} data bytes for shape {shape:?} ({} needed)", data.len(), n * 4)));
+    if Some(data.len()) != n.checked_mul(width) {
+        return Err(bad(path, format!("{} data bytes for shape {shape:?} ({} needed)", data.len(), n * width)));
     }
-    Ok((shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
+    Ok((shape, width, data))
 }
 
 /// Reads a .npy file.

@@ -293,6 +293,15 @@ impl CpuExecutor {
                     }
                     Kind::Softmax(axis) => ops::softmax(get(&i[0]), &i[0].shape, *axis, put(&o[0])),
                     Kind::MatMul => ops::matmul(get(&i[0]), &i[0].shape, get(&i[1]), &i[1].shape, put(&o[0])),
+                    Kind::LinearAttention => ops::linear_attention(
+                        get(&i[0]),
+                        &i[0].shape,
+                        get(&i[1]),
+                        &i[1].shape,
+                        get(&i[2]),
+                        &i[2].shape,
+                        put(&o[0]),
+                    ),
                     Kind::Linear(transposed) => {
                         let w_shape = [o[0].shape[1], i[0].shape[1]];
                         let w = match transposed {
@@ -311,6 +320,7 @@ impl CpuExecutor {
                         put(&o[0]),
                     ),
                     Kind::ChannelAffine { scale, shift } => {
+                        let (scale, shift) = (&self.consts[*scale], &self.consts[*shift]);
                         let x = get(&i[0]);
                         let y = put(&o[0]);
                         let c = i[0].shape.get(1).copied().unwrap_or(1);

@@ -124,6 +124,9 @@ impl GpuExecutor {
                 Kind::Copy => gops::copy(ctx, view(&i[0]), view(&o[0])),
                 Kind::Softmax(axis) => gops::softmax(ctx, view(&i[0]), *axis, view(&o[0])),
                 Kind::MatMul => gops::matmul(ctx, view(&i[0]), view(&i[1]), view(&o[0])),
+                Kind::LinearAttention => {
+                    gops::linear_attention(ctx, view(&i[0]), view(&i[1]), view(&i[2]), view(&o[0]))
+                }
                 Kind::Linear(transposed) => {
                     // `linear` reads W as [N, K]: as stored, or the copy transposed at load.
                     let w_shape = [o[0].shape[1], i[0].shape[1]];
@@ -136,9 +139,21 @@ impl GpuExecutor {
                 Kind::LayerNorm { axis, epsilon } => {
                     gops::layer_norm(ctx, view(&i[0]), *axis, view(&i[1]), i.get(2).map(view), *epsilon, view(&o[0]))
                 }
-                Kind::ChannelAffine { .. } => Err(Error::Unsupported {
-                    what: "an unfused BatchNormalization on the GPU (fold it into a Conv)".into(),
-                }),
+                Kind::ChannelAffine { scale, shift } => {
+                    // Two broadcast elementwise ops: y = x * scale, then y = y + shift, with the
+                    // per-channel constants shaped [C, 1, ...] against x's [N, C, ...].
+                    let x = &i[0].shape;
+                    let per_channel: Vec<usize> =
+                        x.iter().enumerate().skip(1).map(|(d, &n)| if d == 1 { n } else { 1 }).collect();
+                    let (sv, bv) = (
+                        GpuView::new(&consts[*scale], 0, &per_channel),
+                        GpuView::new(&consts[*shift], 0, &per_channel),
+                    );
+                    gops::binary(ctx, crate::ops::BinaryOp::Mul, view(&i[0]), sv, view(&o[0])).and_then(|mut a| {
+                        a.extend(gops::binary(ctx, crate::ops::BinaryOp::Add, view(&o[0]), bv, view(&o[0]))?);
+                        Ok(a)
+                    })
+                }
             };
             let made = made.map_err(|e| Error::GraphNode {
                 node: step.name.clone(),

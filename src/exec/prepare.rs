@@ -52,6 +52,8 @@ pub(crate) enum Kind {
     Copy,
     Softmax(i64),
     MatMul,
+    /// CARE linear attention (q, k, v: [B, H, N, D], [B, H, N, D], [B, H, N, Dv]).
+    LinearAttention,
     /// y = x W^T + b with W [N, K]. A Gemm whose W is stored [K, N] (transB = 0) reads a
     /// transposed copy made at load, in the constant slot given here (the original may have
     /// other readers).
@@ -60,10 +62,11 @@ pub(crate) enum Kind {
         axis: i64,
         epsilon: f32,
     },
-    /// y = x * scale[c] + shift[c] on axis 1 (an unfused BatchNormalization).
+    /// y = x * scale[c] + shift[c] on axis 1 (an unfused BatchNormalization): the constant
+    /// slots of scale and shift ([C] each), folded from the statistics at load.
     ChannelAffine {
-        scale: Vec<f32>,
-        shift: Vec<f32>,
+        scale: usize,
+        shift: usize,
     },
 }
 
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Transpose(_) => "Transpose",
             Kind::Copy => "Reshape",
             Kind::Softmax(_) => "Softmax",
+            Kind::LinearAttention => "LinearAttention",
             Kind::MatMul => "MatMul",
             Kind::Linear(_) => "Gemm",
             Kind::LayerNorm { .. } => "LayerNormalization",
@@ -300,6 +304,7 @@ fn kind(g: &Graph, node: &Node, consts: &mut Vec<Vec<f32>>, slot: &[Option<usize
         }
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => Kind::Copy,
         "Softmax" => Kind::Softmax(node.int("axis", -1)?),
+        "LinearAttention" => Kind::LinearAttention,
         "MatMul" => Kind::MatMul,
         "Gemm" => {
             let (alpha, beta) = (node.float("alpha", 1.0)?, node.float("beta", 1.0)?);
@@ -325,11 +330,24 @@ fn kind(g: &Graph, node: &Node, consts: &mut Vec<Vec<f32>>, slot: &[Option<usize
         "LayerNormalization" => Kind::LayerNorm { axis: node.int("axis", -1)?, epsilon: node.float("epsilon", 1e-5)? },
         "BatchNormalization" => {
             let eps = node.float("epsilon", 1e-5)?;
-            let p = |i: usize| g.const_f32(node, i);
+            // Graphs read from a .kpak hold their constants in the tensor table: read the
+            // loaded slots, not the graph.
+            let p = |i: usize| -> Result<&[f32]> {
+                let id = node.input(i)?;
+                slot[id]
+                    .map(|c| &consts[c][..])
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| node.error(format!("input {i} must be a constant f32 tensor")))
+            };
             let (s, b, m, v) = (p(1)?, p(2)?, p(3)?, p(4)?);
+            if [b.len(), m.len(), v.len()] != [s.len(); 3] {
+                return Err(node.error("scale, bias, mean and variance must have one value per channel"));
+            }
             let scale: Vec<f32> = (0..s.len()).map(|c| s[c] / (v[c] + eps).sqrt()).collect();
-            let shift = (0..s.len()).map(|c| b[c] - m[c] * scale[c]).collect();
-            Kind::ChannelAffine { scale, shift }
+            let shift: Vec<f32> = (0..s.len()).map(|c| b[c] - m[c] * scale[c]).collect();
+            consts.push(scale);
+            consts.push(shift);
+            Kind::ChannelAffine { scale: consts.len() - 2, shift: consts.len() - 1 }
         }
         other => return unsupported(format!("no CPU kernel for {other}")),
     })
@@ -343,6 +361,8 @@ impl Step {
         (match &self.kind {
             Kind::Conv(_) => out * i[1].shape[1..].iter().product::<usize>(),
             Kind::Linear(_) | Kind::MatMul => out * i[0].shape.last().copied().unwrap_or(0),
+            // phi(K)^T V and phi(Q) (KV): two products of N x D x Dv per head.
+            Kind::LinearAttention => 2 * out * i[0].shape.last().copied().unwrap_or(0),
             _ => 0,
         }) as u64
     }

@@ -307,6 +307,12 @@ fn infer_unchecked(g: &Graph, node: &Node) -> Result<Inferred> {
             let spec = slice_spec(g, node, &x)?;
             f32_out(spec.iter().map(|&(_, _, _, len)| len).collect())
         }
+        // ---- attention ----
+        "LinearAttention" => {
+            let (q, k, v) = (shape_of(g, node, 0)?, shape_of(g, node, 1)?, shape_of(g, node, 2)?);
+            crate::ops::attention_dims("LinearAttention", &q, &k, &v).map_err(|e| err(node, e.to_string()))?;
+            f32_out([&q[..3], &v[3..]].concat())
+        }
         // ---- linear algebra ----
         "MatMul" => {
             let (a, b) = (shape_of(g, node, 0)?, shape_of(g, node, 1)?);

@@ -95,7 +95,7 @@ impl Node {
         }
     }
 
-    fn error(&self, reason: impl Into<String>) -> Error {
+    pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
         Error::GraphNode { node: self.name.clone(), op: self.op.clone(), reason: reason.into() }
     }
 

@@ -45,6 +45,15 @@ pub const RUNNABLE_OPS: &[&str] = &[
     "Unsqueeze",
 ];
 
+/// kestrel's own ops, in the `kestrel` domain: what PyTorch exports through a custom symbolic
+/// (tools/care.py), run natively rather than as a pattern of standard ops.
+/// - `LinearAttention(q, k, v)`: CARE's linear attention over [B, H, N, D] q and k and
+///   [B, H, N, Dv] v (PAPERS.md section 1; `ops::linear_attention`).
+pub const KESTREL_OPS: &[&str] = &["LinearAttention"];
+
+/// The ONNX domain of [`KESTREL_OPS`].
+pub const KESTREL_DOMAIN: &str = "kestrel";
+
 /// Ops accepted only when their inputs are constant: they are evaluated at import.
 pub const FOLD_ONLY_OPS: &[&str] =
     &["Cast", "Ceil", "Constant", "ConstantOfShape", "Equal", "Floor", "Gather", "Range", "Shape", "Sqrt"];
@@ -133,8 +142,13 @@ pub fn import(model: &ox::Model) -> Result<Graph> {
     // Every unsupported op at once, grouped by type, so a user sees the whole list in one run.
     let mut unsupported: Vec<(String, Vec<&str>)> = Vec::new();
     for n in &og.nodes {
-        let known = RUNNABLE_OPS.contains(&n.op_type.as_str()) || FOLD_ONLY_OPS.contains(&n.op_type.as_str());
-        if !known || !(n.domain.is_empty() || n.domain == "ai.onnx") {
+        let standard = n.domain.is_empty() || n.domain == "ai.onnx";
+        let known = if standard {
+            RUNNABLE_OPS.contains(&n.op_type.as_str()) || FOLD_ONLY_OPS.contains(&n.op_type.as_str())
+        } else {
+            n.domain == KESTREL_DOMAIN && KESTREL_OPS.contains(&n.op_type.as_str())
+        };
+        if !known {
             let op = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
             match unsupported.iter_mut().find(|(o, _)| *o == op) {
                 Some((_, nodes)) => nodes.push(&n.name),
