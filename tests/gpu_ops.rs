@@ -1122,3 +1122,63 @@ fn attention_matches_cpu() {
     let e = gops::linear_attention(ctx, view(), view(), view(), view()).unwrap_err().to_string();
     assert!(e.contains("D x (Dv + 1)"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Delta convolution: the GPU state against its CPU twin, frame by frame
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn delta_conv_on_the_gpu_follows_its_cpu_twin() {
+    use kestrel::backend::gpu::GpuDeltaConv2d;
+    use kestrel::ops::DeltaConv2d;
+    let ctx = ctx();
+    let mut rng = seeded("delta_conv_on_the_gpu_follows_its_cpu_twin");
+    let conv = |strides, pads, group, activation| Conv2d { strides, pads, group, activation, ..Conv2d::default() };
+    let cases = [
+        ([1, 4, 12, 10], [6, 4, 3, 3], conv([1, 1], [1; 4], 1, Activation::Silu)),
+        ([2, 6, 9, 9], [6, 2, 3, 3], conv([2, 2], [1, 0, 2, 1], 3, Activation::Relu)),
+        ([1, 8, 7, 7], [8, 1, 3, 3], conv([1, 1], [1; 4], 8, Activation::None)),
+        ([1, 5, 8, 8], [7, 5, 1, 1], conv([1, 1], [0; 4], 1, Activation::Sigmoid)),
+    ];
+    for (xs, ws, p) in cases {
+        let w = normals(&mut rng, ws.iter().product(), 0.5);
+        let b = normals(&mut rng, ws[0], 0.5);
+        let mut x = normals(&mut rng, xs.iter().product(), 1.0);
+        for theta in [0.0f32, 0.1] {
+            let what = format!("x {xs:?} w {ws:?} theta {theta}");
+            let mut cpu = DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, theta).unwrap();
+            let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, Some(&b), &p, theta).unwrap();
+            let mut got = vec![0f32; cpu.output().len()];
+            cpu.keyframe(&x).unwrap();
+            gpu.keyframe(ctx, &x).unwrap();
+            gpu.read_output(ctx, &mut got).unwrap();
+            assert_close(&format!("{what} keyframe"), &got, cpu.output(), Tol::F32.rel_l2);
+            for frame in 0..4 {
+                // A third of the entries move, by amounts on both sides of theta.
+                for v in x.iter_mut() {
+                    if rng.unit() < 0.33 {
+                        *v += rng.normal() * 0.2;
+                    }
+                }
+                cpu.step(&x).unwrap();
+                gpu.step(ctx, &x).unwrap();
+                // The same entries fire on both (the same f32 subtraction against the same
+                // reference), so the states differ only by the order of the float adds.
+                assert_eq!(gpu.fired(ctx).unwrap(), cpu.fired(), "{what} frame {frame}: fired entries");
+                gpu.read_output(ctx, &mut got).unwrap();
+                assert_close(&format!("{what} frame {frame}"), &got, cpu.output(), Tol::F32.rel_l2);
+                let mut reference = vec![0f32; x.len()];
+                gpu.read_reference(ctx, &mut reference).unwrap();
+                assert_exact(&format!("{what} frame {frame} x_ref"), &reference, cpu.reference_input());
+            }
+        }
+    }
+    // Bad arguments are typed errors.
+    let (xs, ws) = ([1, 2, 4, 4], [2, 2, 1, 1]);
+    let w = vec![1.0; 4];
+    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), -1.0).is_err());
+    let gelu = Conv2d { activation: Activation::Gelu, ..Conv2d::default() };
+    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &gelu, 0.1).is_err());
+    let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), 0.1).unwrap();
+    assert!(gpu.step(ctx, &[0.0; 5]).is_err());
+}

@@ -26,12 +26,13 @@ fn every_kernel_module_validates() {
     // unpack2x16float needs SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on every native backend
     // (downlevel flag SHADER_F16_IN_F32); it is the baseline here, not an optional feature.
     let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    let mut used = vec!["copy.wgsl"];
+    let mut used = vec!["copy.wgsl", "delta.wgsl"];
     for (name, src) in kestrel::backend::gpu::graph_ops::modules() {
         validate(&name, &src, Capabilities::empty());
     }
     used.extend(kestrel::backend::gpu::graph_ops::SHADER_FILES);
     validate("copy", shaders::COPY, Capabilities::empty());
+    validate("delta", shaders::DELTA, Capabilities::empty());
     for scheme in all_schemes() {
         let (file, _) = shaders::format_source(scheme);
         for (reduction, caps) in [(Reduction::Shared, base), (Reduction::Subgroup, base | Capabilities::SUBGROUP)] {

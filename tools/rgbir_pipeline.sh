@@ -2,8 +2,8 @@
 # The shipped RGB+IR detectors from scratch: data, training, export, packing, and the evaluation
 # table of models/README.md. Host only (the venv of tools/requirements.txt); about 1.5 hours on
 # 2 cores, most of it the four trainings. fused-care (the fused model plus a CARE linear-attention
-# block at P5, tools/care.py) exports a kestrel::LinearAttention node, which `kestrel pack` must
-# import.
+# block at P5, tools/care.py) exports a kestrel::LinearAttention node, which `kestrel pack`
+# imports as a native op.
 #
 #   bash tools/rgbir_pipeline.sh WORKDIR
 set -euo pipefail

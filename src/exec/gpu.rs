@@ -199,12 +199,12 @@ impl GpuExecutor {
         self.packed_convs
     }
 
-    /// Dispatches per run.
     /// Multiply-adds of one run (conv, linear and matmul steps).
     pub fn dense_macs(&self) -> u64 {
         self.dense_macs
     }
 
+    /// Dispatches per run.
     pub fn dispatches(&self) -> usize {
         self.steps.len()
     }

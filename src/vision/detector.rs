@@ -197,6 +197,21 @@ impl Detector {
         }
     }
 
+    /// Starts (or stops) timing each step of the model (the CPU backend).
+    pub fn set_profiling(&mut self, on: bool) {
+        if let Engine::Cpu(e) = &mut self.engine {
+            e.set_profiling(on);
+        }
+    }
+
+    /// (node name, op, seconds) per step since profiling started (empty on the GPU backend).
+    pub fn profile(&self) -> Vec<(String, String, f64)> {
+        match &self.engine {
+            Engine::Cpu(e) => e.profile(),
+            Engine::Gpu(_) => Vec::new(),
+        }
+    }
+
     /// Multiply-adds of one dense run of the model.
     pub fn dense_macs(&self) -> u64 {
         match &self.engine {

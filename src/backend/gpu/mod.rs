@@ -4,6 +4,7 @@
 
 mod context;
 mod copy;
+mod delta;
 pub mod graph_ops;
 mod matmul;
 mod pool;
@@ -11,6 +12,7 @@ pub mod shaders;
 
 pub use context::{GpuContext, GpuFeatures, GpuOptions, ALLOW_SOFTWARE_ENV};
 pub use copy::CopyBench;
+pub use delta::GpuDeltaConv2d;
 pub use graph_ops::{GpuStep, GpuView};
 pub use matmul::{matmul_once, GpuMatrix, MatmulParams, MatmulPlan};
 pub use pool::{size_class, BufferPool, PooledBuffer};

@@ -16,6 +16,7 @@ pub const MATMUL_Q8: &str = include_str!("../../../shaders/matmul_q8.wgsl");
 pub const MATMUL_Q4: &str = include_str!("../../../shaders/matmul_q4.wgsl");
 pub const MATMUL_FP4: &str = include_str!("../../../shaders/matmul_fp4.wgsl");
 pub const COPY: &str = include_str!("../../../shaders/copy.wgsl");
+pub const DELTA: &str = include_str!("../../../shaders/delta.wgsl");
 pub const OP_COMMON: &str = include_str!("../../../shaders/op_common.wgsl");
 pub const OP_ELEMENTWISE: &str = include_str!("../../../shaders/op_elementwise.wgsl");
 pub const OP_GATHER: &str = include_str!("../../../shaders/op_gather.wgsl");
@@ -32,7 +33,7 @@ pub const OP_CONV_Q4: &str = include_str!("../../../shaders/op_conv_q4.wgsl");
 pub const OP_CONV_FP4: &str = include_str!("../../../shaders/op_conv_fp4.wgsl");
 
 /// Every .wgsl file with its name, for validation and listing.
-pub const ALL_FILES: [(&str, &str); 26] = [
+pub const ALL_FILES: [(&str, &str); 27] = [
     ("common.wgsl", COMMON),
     ("act_f32.wgsl", ACT_F32),
     ("act_f16.wgsl", ACT_F16),
@@ -45,6 +46,7 @@ pub const ALL_FILES: [(&str, &str); 26] = [
     ("matmul_q4.wgsl", MATMUL_Q4),
     ("matmul_fp4.wgsl", MATMUL_FP4),
     ("copy.wgsl", COPY),
+    ("delta.wgsl", DELTA),
     ("op_common.wgsl", OP_COMMON),
     ("op_elementwise.wgsl", OP_ELEMENTWISE),
     ("op_gather.wgsl", OP_GATHER),

@@ -255,6 +255,9 @@ enum Command {
         sequence: Option<PathBuf>,
         #[command(flatten)]
         delta: stream::DeltaArgs,
+        /// With --sequence: the time per op type, dense and delta (stderr).
+        #[arg(long, requires = "sequence")]
+        profile: bool,
         /// Evaluate the first N pairs only.
         #[arg(long)]
         limit: Option<usize>,
@@ -410,10 +413,10 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             vision::detect_cmd(&m, &source, &delta, annotate.as_deref(), score, iou, json)
         }
-        Command::Eval { model, dataset, sequence, delta, limit, score, iou, backend, json, gpu } => {
+        Command::Eval { model, dataset, sequence, delta, profile, limit, score, iou, backend, json, gpu } => {
             let m = model_args(&model, backend, &gpu)?;
             match (sequence, dataset) {
-                (Some(seq), _) => stream::eval_sequence_cmd(&m, &seq, &delta, json),
+                (Some(seq), _) => stream::eval_sequence_cmd(&m, &seq, &delta, profile, json),
                 (None, Some(ds)) if delta.delta.is_none() => vision::eval_cmd(&m, &ds, limit, score, iou, json),
                 (None, Some(_)) => Err(kestrel::Error::InvalidArgument {
                     reason: "--delta runs on a stream: give --sequence DIR instead of --dataset".into(),

@@ -130,7 +130,7 @@ fn per_layer_json(stats: &DeltaStats) -> Vec<Value> {
 
 /// `kestrel eval --sequence DIR [--delta [THETA]]`: the same frames dense and (with --delta) in
 /// delta mode, in lockstep.
-pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, json: bool) -> Result<ExitCode> {
+pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, profile: bool, json: bool) -> Result<ExitCode> {
     let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
     let mut dense = m.open(options.clone())?;
     let frames = load_sequence(&dense, dir)?;
@@ -143,7 +143,12 @@ pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, json: boo
     };
     let mut sparse = m.open(options)?;
     sparse.enable_delta(opts.clone())?;
+    dense.set_profiling(profile);
+    sparse.set_profiling(profile);
     let passes = run_passes(&mut [&mut dense, &mut sparse], &frames, "dense + delta")?;
+    if profile {
+        print_profiles(&dense, &sparse, frames.len());
+    }
     let stats = sparse.delta_stats().expect("delta mode is on").clone();
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let (d_ms, s_ms) = (median(&passes[0].ms), median(&passes[1].ms));
@@ -161,6 +166,33 @@ pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, json: boo
     });
     print_or_json(&report, json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per op type, milliseconds per frame dense and in delta mode (to stderr).
+fn print_profiles(dense: &Detector, sparse: &Detector, frames: usize) {
+    let by_op = |d: &Detector| {
+        let mut ops: Vec<(String, f64)> = Vec::new();
+        for (_, op, t) in d.profile() {
+            match ops.iter_mut().find(|(o, _)| *o == op) {
+                Some((_, s)) => *s += t,
+                None => ops.push((op, t)),
+            }
+        }
+        ops
+    };
+    let (a, b) = (by_op(dense), by_op(sparse));
+    eprintln!("ms per frame by op type:   dense    delta");
+    for (op, t) in &a {
+        let u = b.iter().find(|(o, _)| o == op).map_or(0.0, |x| x.1);
+        eprintln!("  {op:<22} {:>8.3} {:>8.3}", t * 1e3 / frames as f64, u * 1e3 / frames as f64);
+    }
+    let (pa, mut pb) = (dense.profile(), sparse.profile());
+    pb.sort_by(|x, y| y.2.total_cmp(&x.2));
+    eprintln!("slowest nodes in delta mode, ms per frame:   dense    delta");
+    for (name, op, t) in pb.iter().take(12) {
+        let u = pa.iter().find(|(n, _, _)| n == name).map_or(0.0, |x| x.2);
+        eprintln!("  {:<40} {op:<8} {:>8.3} {:>8.3}", name, u * 1e3 / frames as f64, t * 1e3 / frames as f64);
+    }
 }
 
 fn print_or_json(report: &Value, json: bool) {
