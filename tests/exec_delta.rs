@@ -36,7 +36,7 @@ fn move_patch(x: &[f32], shape: &[usize], top: usize, left: usize, size: usize, 
     for ci in 0..c {
         for i in top..(top + size).min(h) {
             for j in left..(left + size).min(w) {
-                y[(ci * h + i) * w + j] = r.normal() as f32;
+                y[(ci * h + i) * w + j] = r.normal();
             }
         }
     }
@@ -87,7 +87,7 @@ fn scene_cuts_and_scheduled_keyframes_run_dense() {
     for n in 0..7 {
         if n == 4 {
             // Everything changes: a scene cut.
-            frame = (0..frame.len()).map(|_| r.normal() as f32).collect();
+            frame = (0..frame.len()).map(|_| r.normal()).collect();
             cut_frame = n;
         } else if n > 0 {
             frame = move_patch(&frame, &shape, n, n, 4, &mut r);

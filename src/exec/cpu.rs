@@ -93,7 +93,7 @@ impl CpuExecutor {
         Ok(match &step.kind {
             Kind::Conv(p) => match (constant(i.get(1)), constant(i.get(2))) {
                 (Some(Some(w)), Some(bias)) => {
-                    Some(Layer::Conv(ops::DeltaConv2d::new(&i[0].shape, w, &i[1].shape, bias, p, 0.0)?))
+                    Some(Layer::Conv(Box::new(ops::DeltaConv2d::new(&i[0].shape, w, &i[1].shape, bias, p, 0.0)?)))
                 }
                 _ => None,
             },

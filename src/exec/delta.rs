@@ -14,6 +14,9 @@
 use crate::error::{Error, Result};
 use crate::ops::{self, DeltaStep};
 
+/// Per-layer thresholds: (node name, one theta or one per input channel).
+pub type LayerThetas = Vec<(String, Vec<f32>)>;
+
 /// Metadata key holding the calibrated thresholds (see [`parse_thetas`]).
 pub const THETA_METADATA_KEY: &str = "delta.theta";
 
@@ -23,7 +26,7 @@ pub struct DeltaOptions {
     /// theta of layers without their own.
     pub theta: f32,
     /// Per-layer theta, by node name: one value, or one per input channel.
-    pub layer_theta: Vec<(String, Vec<f32>)>,
+    pub layer_theta: LayerThetas,
     /// A dense keyframe every this many frames (0: only the first frame and scene cuts). Float
     /// rounding in the accumulated outputs is what keyframes bound.
     pub keyframe_interval: usize,
@@ -76,7 +79,7 @@ impl DeltaOptions {
 
 /// Parses `delta.theta` metadata: one `name=theta` per line, where theta is one number or one
 /// per input channel separated by commas; `*=theta` gives the default.
-pub fn parse_thetas(text: &str) -> Result<(Option<f32>, Vec<(String, Vec<f32>)>)> {
+pub fn parse_thetas(text: &str) -> Result<(Option<f32>, LayerThetas)> {
     let mut default = None;
     let mut layers = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -178,7 +181,7 @@ impl DeltaStats {
 
 /// The delta state of one step.
 pub(crate) enum Layer {
-    Conv(ops::DeltaConv2d),
+    Conv(Box<ops::DeltaConv2d>),
     Linear(ops::DeltaLinear),
 }
 

@@ -284,6 +284,10 @@ enum Command {
         /// Largest mAP@0.5 loss against dense, in points (1 = 0.01).
         #[arg(long, default_value_t = 1.0)]
         max_drop: f64,
+        /// Smallest agreement with dense: mAP@0.5 of the delta detections against the dense
+        /// ones (score >= 0.25) as labels. Guards against a sequence too easy for mAP to move.
+        #[arg(long, default_value_t = 0.97)]
+        min_agreement: f64,
         /// Write the calibrated model here instead of over --model.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -424,9 +428,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 (None, None) => unreachable!("clap requires --dataset or --sequence"),
             }
         }
-        Command::CalibrateDelta { model, sequence, max_drop, out, delta, json } => {
+        Command::CalibrateDelta { model, sequence, max_drop, min_agreement, out, delta, json } => {
             let m = model_args(&model, BackendArg::Cpu, &GpuArgs::default())?;
-            stream::calibrate_delta_cmd(&m, &sequence, max_drop, out.as_deref(), &delta, json)
+            stream::calibrate_delta_cmd(&m, &sequence, max_drop, min_agreement, out.as_deref(), &delta, json)
         }
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;

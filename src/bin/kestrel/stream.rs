@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use kestrel::exec::delta::{format_thetas, THETA_METADATA_KEY};
+use kestrel::exec::delta::{format_thetas, LayerThetas, THETA_METADATA_KEY};
 use kestrel::exec::{DeltaOptions, DeltaStats};
 use kestrel::format::{Kpak, KpakWriter, Verify};
-use kestrel::vision::annotations::Annotation;
+use kestrel::vision::annotations::{Annotation, Label};
 use kestrel::vision::dataset::Dataset;
-use kestrel::vision::detect::DecodeOptions;
+use kestrel::vision::detect::{DecodeOptions, Detection};
 use kestrel::vision::detector::{Detector, Modality};
 use kestrel::vision::eval::{evaluate, ImageResult};
 use kestrel::vision::image::Image;
@@ -84,6 +84,30 @@ struct Pass {
     map50: f64,
     /// Milliseconds per frame of `detect` (preprocess + model + decode).
     ms: Vec<f64>,
+    /// The detections of every frame.
+    detections: Vec<Vec<Detection>>,
+}
+
+/// Score above which a dense detection counts as a pseudo-label for [`agreement`].
+const AGREEMENT_SCORE: f32 = 0.25;
+
+/// Fidelity of `pass` to `dense`, needing no labels: mAP@0.5 of its detections against the
+/// dense detections scoring at least [`AGREEMENT_SCORE`] (1 when it finds the same boxes).
+fn agreement(pass: &Pass, dense: &Pass, classes: &[String]) -> f64 {
+    let results: Vec<ImageResult> = pass
+        .detections
+        .iter()
+        .zip(&dense.detections)
+        .map(|(mine, theirs)| {
+            let labels: Vec<Label> = theirs
+                .iter()
+                .filter(|d| d.score >= AGREEMENT_SCORE)
+                .map(|d| Label { class: classes[d.class_id].clone(), box_xyxy: d.box_xyxy, difficult: false })
+                .collect();
+            ImageResult::new(&labels, classes, mine.clone())
+        })
+        .collect();
+    evaluate(&results, classes.len()).map50().unwrap_or(1.0)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -98,6 +122,7 @@ fn run_passes(dets: &mut [&mut Detector], frames: &[SeqFrame], progress: &str) -
     let nc = dets[0].classes().len();
     let classes = dets[0].classes().to_vec();
     let mut results: Vec<Vec<ImageResult>> = dets.iter().map(|_| Vec::with_capacity(frames.len())).collect();
+    let mut found_all: Vec<Vec<Vec<Detection>>> = dets.iter().map(|_| Vec::with_capacity(frames.len())).collect();
     let mut ms: Vec<Vec<f64>> = dets.iter().map(|_| Vec::with_capacity(frames.len())).collect();
     let tty = std::io::stderr().is_terminal() && !progress.is_empty();
     for (n, f) in frames.iter().enumerate() {
@@ -105,6 +130,7 @@ fn run_passes(dets: &mut [&mut Detector], frames: &[SeqFrame], progress: &str) -
             let started = Instant::now();
             let found = det.detect(f.rgb.as_ref(), f.ir.as_ref())?;
             ms[k].push(started.elapsed().as_secs_f64() * 1e3);
+            found_all[k].push(found.clone());
             results[k].push(ImageResult::new(&f.ann.labels, &classes, found));
         }
         if tty && ((n + 1).is_multiple_of(20) || n + 1 == frames.len()) {
@@ -114,7 +140,12 @@ fn run_passes(dets: &mut [&mut Detector], frames: &[SeqFrame], progress: &str) -
     if tty {
         eprintln!();
     }
-    Ok(results.iter().zip(ms).map(|(r, ms)| Pass { map50: evaluate(r, nc).map50().unwrap_or(0.0), ms }).collect())
+    Ok(results
+        .iter()
+        .zip(ms)
+        .zip(found_all)
+        .map(|((r, ms), detections)| Pass { map50: evaluate(r, nc).map50().unwrap_or(0.0), ms, detections })
+        .collect())
 }
 
 fn per_layer_json(stats: &DeltaStats) -> Vec<Value> {
@@ -132,7 +163,7 @@ fn per_layer_json(stats: &DeltaStats) -> Vec<Value> {
 /// delta mode, in lockstep.
 pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, profile: bool, json: bool) -> Result<ExitCode> {
     let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
-    let mut dense = m.open(options.clone())?;
+    let mut dense = m.open(options)?;
     let frames = load_sequence(&dense, dir)?;
     let Some(opts) = delta.options(&dense)? else {
         let pass = run_passes(&mut [&mut dense], &frames, "dense")?.remove(0);
@@ -162,6 +193,7 @@ pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, profile: 
         "mac_ratio": dense_macs as f64 / stats.macs().max(1) as f64,
         "speedup": d_ms / s_ms.max(1e-9),
         "map50_drop_points": (passes[0].map50 - passes[1].map50) * 100.0,
+        "agreement_map50": agreement(&passes[1], &passes[0], dense.classes()),
         "per_layer": per_layer_json(&stats),
     });
     print_or_json(&report, json);
@@ -222,10 +254,11 @@ fn print_or_json(report: &Value, json: bool) {
     }
     if !report["mac_ratio"].is_null() {
         println!(
-            "  delta does {:.2}x fewer MACs, runs {:.2}x faster, mAP@0.5 {:+.2} points",
+            "  delta does {:.2}x fewer MACs, runs {:.2}x faster, mAP@0.5 {:+.2} points; agreement with dense {:.4}",
             report["mac_ratio"].as_f64().unwrap_or(0.0),
             report["speedup"].as_f64().unwrap_or(0.0),
-            -report["map50_drop_points"].as_f64().unwrap_or(0.0)
+            -report["map50_drop_points"].as_f64().unwrap_or(0.0),
+            report["agreement_map50"].as_f64().unwrap_or(0.0)
         );
     }
 }
@@ -233,10 +266,12 @@ fn print_or_json(report: &Value, json: bool) {
 /// `kestrel calibrate-delta`: per-layer theta = t x (RMS of the layer's input on the first
 /// frame), with the largest saving t whose mAP@0.5 on the sequence stays within `max_drop`
 /// points of dense. Writes the thresholds into the model's metadata.
+#[allow(clippy::too_many_arguments)]
 pub fn calibrate_delta_cmd(
     m: &ModelArgs,
     dir: &Path,
     max_drop: f64,
+    min_agreement: f64,
     out: Option<&Path>,
     delta: &DeltaArgs,
     json: bool,
@@ -245,7 +280,7 @@ pub fn calibrate_delta_cmd(
         return Err(Error::InvalidArgument { reason: format!("--max-drop {max_drop}: need mAP points >= 0") });
     }
     let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
-    let mut dense = m.open(options.clone())?;
+    let mut dense = m.open(options)?;
     let frames = load_sequence(&dense, dir)?;
     let base = DeltaOptions {
         keyframe_interval: delta.keyframe_every,
@@ -253,7 +288,7 @@ pub fn calibrate_delta_cmd(
         ..DeltaOptions::default()
     };
     // The scale of each layer's input: its RMS averaged over keyframes of every 10th frame.
-    let mut probe = m.open(options.clone())?;
+    let mut probe = m.open(options)?;
     probe.enable_delta(DeltaOptions { keyframe_interval: 1, ..base.clone() })?;
     let mut scales: Vec<(String, Vec<f32>)> = Vec::new();
     let probes = frames.iter().step_by(10).collect::<Vec<_>>();
@@ -286,35 +321,36 @@ pub fn calibrate_delta_cmd(
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let tty = std::io::stderr().is_terminal();
     let mut tried = Vec::new();
-    let mut best: Option<((f64, f64), f64, Vec<(String, Vec<f32>)>)> = None; // ((t, camera t), mac ratio, thetas)
-                                                                             // Layers that read a camera see its sensor noise, which nothing downstream can tell from
-                                                                             // motion: they get their own multiplier, searched jointly with the rest.
+    let mut best: Option<((f64, f64), f64, LayerThetas)> = None; // ((t, camera t), mac ratio, thetas)
+                                                                 // Layers that read a camera see its sensor noise, which nothing downstream can tell from
+                                                                 // motion: they get their own multiplier, searched jointly with the rest.
     let reads_camera: Vec<bool> = scales.iter().map(|(n, _)| probe_inputs.contains(n)).collect();
     for t in [0.03, 0.05, 0.07, 0.1, 0.15, 0.2] {
         for t_in in [0.02, 0.03, 0.05, 0.07, 0.1] {
             if t_in > t {
                 continue;
             }
-            let thetas: Vec<(String, Vec<f32>)> = scales
+            let thetas: LayerThetas = scales
                 .iter()
                 .zip(&reads_camera)
                 .map(|((n, s), &cam)| (n.clone(), s.iter().map(|v| v * if cam { t_in } else { t } as f32).collect()))
                 .collect();
-            let mut det = m.open(options.clone())?;
+            let mut det = m.open(options)?;
             det.enable_delta(DeltaOptions { layer_theta: thetas.clone(), ..base.clone() })?;
             let pass = run_passes(&mut [&mut det], &frames, "")?.remove(0);
             let stats = det.delta_stats().expect("delta mode is on");
             let ratio = dense_macs as f64 / stats.macs().max(1) as f64;
             let drop_points = (dense_pass.map50 - pass.map50) * 100.0;
-            let ok = drop_points <= max_drop;
+            let agree = agreement(&pass, &dense_pass, dense.classes());
+            let ok = drop_points <= max_drop && agree >= min_agreement;
             if tty {
                 eprintln!(
-                    "t {t:<5} camera t {t_in:<5} mAP@0.5 {:.4} (drop {drop_points:+.2} points)  {ratio:.2}x fewer MACs{}",
+                    "t {t:<5} camera t {t_in:<5} mAP@0.5 {:.4} (drop {drop_points:+.2} points)  agreement {agree:.4}  {ratio:.2}x fewer MACs{}",
                     pass.map50,
                     if ok { "" } else { "  over budget" }
                 );
             }
-            tried.push(json!({"t": t, "t_camera": t_in, "map50": pass.map50, "map50_drop_points": drop_points,
+            tried.push(json!({"t": t, "t_camera": t_in, "map50": pass.map50, "map50_drop_points": drop_points, "agreement_map50": agree,
                               "mac_ratio": ratio, "fired_fraction": stats.fired_fraction(), "within_budget": ok}));
             if ok && best.as_ref().is_none_or(|b| ratio > b.1) {
                 best = Some(((t, t_in), ratio, thetas));
@@ -322,7 +358,9 @@ pub fn calibrate_delta_cmd(
         }
     }
     let ((t, t_in), ratio, thetas) = best.ok_or_else(|| Error::InvalidArgument {
-        reason: format!("no threshold keeps mAP@0.5 within {max_drop} points of dense on this sequence"),
+        reason: format!(
+            "no threshold keeps mAP@0.5 within {max_drop} points of dense and agreement at {min_agreement} on this sequence"
+        ),
     })?;
     let target = out.unwrap_or(m.model);
     let pak = Kpak::open(m.model, Verify::Full)?;
