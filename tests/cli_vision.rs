@@ -240,3 +240,141 @@ fn detect_on_the_gpu_agrees_with_the_cpu() {
         }
     }
 }
+
+/// A static-camera sequence: `clips` clips of `frames` frames.
+fn sequence(dir: &Path, clips: usize, frames: usize) -> PathBuf {
+    let out = dir.join("sequence");
+    let r = json_of(&kestrel(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--count",
+        &(clips * frames).to_string(),
+        "--sequence",
+        &frames.to_string(),
+        "--camera",
+        "static",
+        "--seed",
+        "3000",
+        "--json",
+    ]));
+    assert_eq!(r["sequence"], frames);
+    out
+}
+
+#[test]
+fn eval_on_a_sequence_compares_delta_with_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = sequence(dir.path(), 2, 4);
+    let fused = model("rgbir-fused.kpak");
+    // The shipped model carries calibrated relative thresholds: --delta with no value uses them.
+    let r = json_of(&kestrel(&[
+        "eval",
+        "--model",
+        fused.to_str().unwrap(),
+        "--sequence",
+        seq.to_str().unwrap(),
+        "--delta",
+        "--json",
+    ]));
+    assert_eq!(r["frames"], 8);
+    for key in ["macs", "median_ms", "map50"] {
+        assert!(r["dense"][key].is_number() && r["delta"][key].is_number(), "{key}: {r}");
+    }
+    assert!(r["delta"]["fired_fraction"].as_f64().unwrap() > 0.0);
+    assert!(r["delta"]["theta"].as_str().unwrap().starts_with("t="), "{}", r["delta"]["theta"]);
+    // Two clips: the first frame is a keyframe, the clip change a scene cut.
+    assert_eq!((r["delta"]["keyframes"].as_u64(), r["delta"]["scene_cuts"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert!(r["delta"]["macs"].as_f64().unwrap() < r["dense"]["macs"].as_f64().unwrap());
+    let layers = r["per_layer"].as_array().unwrap();
+    assert!(layers.len() > 100);
+    for l in layers {
+        let f = l["fired_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f) && l["name"].is_string() && l["macs"].is_number(), "{l}");
+    }
+    // A global theta of 0 fires every change: the same detections as dense.
+    let r = json_of(&kestrel(&[
+        "eval",
+        "--model",
+        fused.to_str().unwrap(),
+        "--sequence",
+        seq.to_str().unwrap(),
+        "--delta",
+        "0",
+        "--json",
+    ]));
+    assert!(r["agreement_map50"].as_f64().unwrap() > 0.999, "{r}");
+    assert!((r["map50_drop_points"].as_f64().unwrap()).abs() < 0.1, "{r}");
+
+    // detect --stream --delta: one result per frame and the stream's totals.
+    let r = json_of(&kestrel(&[
+        "detect",
+        "--model",
+        fused.to_str().unwrap(),
+        "--stream",
+        seq.to_str().unwrap(),
+        "--delta",
+        "--json",
+    ]));
+    assert_eq!(r["images"].as_array().unwrap().len(), 8);
+    assert_eq!(r["delta"]["frames"], 8);
+    // --delta needs a stream; a negative theta is refused.
+    let out = kestrel(&["detect", "--model", fused.to_str().unwrap(), "--dataset", seq.to_str().unwrap(), "--delta"]);
+    one_line_error(&out, "--stream");
+    let out = kestrel(&["eval", "--model", fused.to_str().unwrap(), "--sequence", seq.to_str().unwrap(), "--delta=-1"]);
+    one_line_error(&out, "theta");
+}
+
+#[test]
+fn calibrate_delta_writes_thresholds_the_stream_then_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = sequence(dir.path(), 1, 3);
+    let out = dir.path().join("calibrated.kpak");
+    let r = json_of(&kestrel(&[
+        "calibrate-delta",
+        "--model",
+        model("rgbir-fused.kpak").to_str().unwrap(),
+        "--sequence",
+        seq.to_str().unwrap(),
+        "--max-drop",
+        "100",
+        "--min-agreement",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    // Every candidate is within so loose a budget: the largest saving wins.
+    let tried = r["tried"].as_array().unwrap();
+    assert!(tried.len() > 10 && tried.iter().all(|t| t["within_budget"] == true));
+    let best = tried.iter().map(|t| t["mac_ratio"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert_eq!(r["mac_ratio"].as_f64().unwrap(), best);
+    let pak = kestrel::format::Kpak::open(&out, kestrel::format::Verify::Full).unwrap();
+    let want = format!("t={} t_camera={}", r["t"].as_f64().unwrap() as f32, r["t_camera"].as_f64().unwrap() as f32);
+    assert_eq!(pak.meta("delta.relative"), Some(want.as_str()));
+    // The weights and graph are the original's, byte for byte.
+    let orig = kestrel::format::Kpak::open(&model("rgbir-fused.kpak"), kestrel::format::Verify::Full).unwrap();
+    assert_eq!(pak.tensors().len(), orig.tensors().len());
+    for (a, b) in pak.tensors().iter().zip(orig.tensors()) {
+        assert_eq!(a.name, b.name);
+        for (ca, cb) in a.components.iter().zip(&b.components) {
+            assert_eq!(pak.component_bytes(ca), orig.component_bytes(cb), "{}", a.name);
+        }
+    }
+    assert_eq!(pak.graph().map(|g| g.nodes.len()), orig.graph().map(|g| g.nodes.len()));
+    // An impossible budget is a one-line error, and the model is not touched.
+    let out2 = dir.path().join("never.kpak");
+    let res = kestrel(&[
+        "calibrate-delta",
+        "--model",
+        model("rgbir-fused.kpak").to_str().unwrap(),
+        "--sequence",
+        seq.to_str().unwrap(),
+        "--min-agreement",
+        "1.5",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    one_line_error(&res, "--min-agreement");
+    assert!(!out2.exists());
+}

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use kestrel::exec::delta::{format_thetas, parse_thetas, THETA_METADATA_KEY};
-use kestrel::exec::{CpuExecutor, DeltaOptions};
+use kestrel::exec::delta::{format_thetas, parse_thetas, RELATIVE_METADATA_KEY, THETA_METADATA_KEY};
+use kestrel::exec::{CpuExecutor, DeltaOptions, RelativeThetas};
 use kestrel::graph::{onnx::import, passes::optimize};
 use kestrel::import::onnx::Model;
 use kestrel::rng::SplitMix64;
@@ -147,5 +147,35 @@ fn thresholds_come_from_options_per_layer_and_per_channel() {
     assert!(exec.enable_delta(DeltaOptions { dense_above: 1.5, ..DeltaOptions::default() }).is_err());
     for bad in ["conv", "conv=x", "conv=-1", "*=1,2", "=0.1", "conv=NaN"] {
         assert!(parse_thetas(bad).is_err(), "{bad:?} parsed");
+    }
+}
+
+#[test]
+fn relative_thresholds_follow_the_scene_at_every_keyframe() {
+    let (mut exec, input, _) = executor();
+    let metadata = vec![(RELATIVE_METADATA_KEY.to_string(), "t=0.1 t_camera=0.05".to_string())];
+    let opts = DeltaOptions::from_metadata(&metadata).unwrap();
+    assert_eq!(opts.relative, Some(RelativeThetas { t: 0.1, t_camera: 0.05 }));
+    exec.enable_delta(DeltaOptions { keyframe_interval: 0, ..opts }).unwrap();
+    exec.run(&[&input]).unwrap();
+    let rms = exec.delta_input_rms();
+    let s = exec.delta_stats().unwrap().clone();
+    // theta of every channel = multiple x max(channel RMS, a tenth of the layer's RMS).
+    for (l, (name, r)) in s.layers.iter().zip(&rms) {
+        assert_eq!(&l.name, name);
+        let layer = (r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32).sqrt();
+        let mult = if l.reads_input { 0.05 } else { 0.1 };
+        let want = r.iter().map(|v| v.max(0.1 * layer) * mult).sum::<f32>() / r.len() as f32;
+        assert!((l.theta - want).abs() <= 1e-4 * want.max(1e-6), "{name}: theta {} against {want}", l.theta);
+    }
+    // A darker scene (the input scaled down) gets proportionally smaller thresholds at its
+    // keyframe.
+    let dark: Vec<f32> = input.iter().map(|v| v * 0.25).collect();
+    exec.reset_delta();
+    exec.run(&[&dark]).unwrap();
+    let first = exec.delta_stats().unwrap().layers[0].theta;
+    assert!((first - 0.25 * s.layers[0].theta).abs() <= 1e-3 * s.layers[0].theta, "{first} vs {}", s.layers[0].theta);
+    for bad in ["t=0.1", "t=-1 t_camera=0.1", "t=x t_camera=1", "t=1 t_camera=1 u=2"] {
+        assert!(RelativeThetas::parse(bad).is_err(), "{bad:?} parsed");
     }
 }

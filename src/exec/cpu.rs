@@ -78,7 +78,16 @@ impl CpuExecutor {
             reads_input.push(step.inputs.iter().any(|o| matches!(o.loc, Loc::Input(_))));
         }
         let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
-        self.delta = Some(Box::new(DeltaMode::new(opts, layers, reads_input, &names, other_macs)?));
+        // (channels, values per channel per image) of each step's first input.
+        let input_layout = self
+            .steps
+            .iter()
+            .map(|s| {
+                let shape = s.inputs.first().map_or(&[][..], |o| &o.shape[..]);
+                (shape.get(1).copied().unwrap_or(1).max(1), shape.iter().skip(2).product::<usize>().max(1))
+            })
+            .collect();
+        self.delta = Some(Box::new(DeltaMode::new(opts, layers, reads_input, input_layout, &names, other_macs)?));
         Ok(())
     }
 

@@ -17,6 +17,49 @@ use crate::ops::{self, DeltaStep};
 /// Per-layer thresholds: (node name, one theta or one per input channel).
 pub type LayerThetas = Vec<(String, Vec<f32>)>;
 
+/// Metadata key holding scene-relative thresholds (see [`RelativeThetas`]).
+pub const RELATIVE_METADATA_KEY: &str = "delta.relative";
+
+/// Thresholds that follow the scene: at every keyframe of a layer, theta of each input channel
+/// becomes a multiple of that channel's RMS over the keyframe's input (floored at a tenth of the
+/// layer's RMS, so a nearly constant channel does not fire on every rounding). A dark night frame
+/// then gets thresholds as small as its signal, a bright day frame larger ones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RelativeThetas {
+    /// Multiple for layers that do not read a camera.
+    pub t: f32,
+    /// Multiple for layers that read a camera (they see its sensor noise first-hand).
+    pub t_camera: f32,
+}
+
+impl RelativeThetas {
+    /// Parses `t=0.2 t_camera=0.03`.
+    pub fn parse(text: &str) -> Result<RelativeThetas> {
+        let bad = |why: &str| Error::InvalidArgument { reason: format!("{RELATIVE_METADATA_KEY} '{text}': {why}") };
+        let (mut t, mut t_camera) = (None, None);
+        for part in text.split_whitespace() {
+            let (k, v) = part.split_once('=').ok_or_else(|| bad("expected t=... t_camera=..."))?;
+            let v: f32 = v.parse().map_err(|_| bad("not a number"))?;
+            if !v.is_finite() || v < 0.0 {
+                return Err(bad("multiples must be finite and >= 0"));
+            }
+            match k {
+                "t" => t = Some(v),
+                "t_camera" => t_camera = Some(v),
+                _ => return Err(bad("unknown key")),
+            }
+        }
+        match (t, t_camera) {
+            (Some(t), Some(t_camera)) => Ok(RelativeThetas { t, t_camera }),
+            _ => Err(bad("needs both t and t_camera")),
+        }
+    }
+
+    pub fn format(&self) -> String {
+        format!("t={} t_camera={}", self.t, self.t_camera)
+    }
+}
+
 /// Metadata key holding the calibrated thresholds (see [`parse_thetas`]).
 pub const THETA_METADATA_KEY: &str = "delta.theta";
 
@@ -32,19 +75,25 @@ pub struct DeltaOptions {
     pub keyframe_interval: usize,
     /// Fired fraction of a layer's input above which the layer runs dense for the frame.
     pub dense_above: f32,
+    /// Scene-relative thresholds; when set they replace `theta` and `layer_theta` from each
+    /// layer's first keyframe on.
+    pub relative: Option<RelativeThetas>,
 }
 
 impl Default for DeltaOptions {
     fn default() -> Self {
-        DeltaOptions { theta: 0.0, layer_theta: Vec::new(), keyframe_interval: 64, dense_above: 0.3 }
+        DeltaOptions { theta: 0.0, layer_theta: Vec::new(), keyframe_interval: 64, dense_above: 0.3, relative: None }
     }
 }
 
 impl DeltaOptions {
-    /// Options from a model's metadata: its calibrated thetas if it has them, else theta 0
-    /// (exact; saves only what did not change at all).
+    /// Options from a model's metadata: its calibrated thresholds if it has them (relative,
+    /// else per layer), else theta 0 (exact; saves only what did not change at all).
     pub fn from_metadata(metadata: &[(String, String)]) -> Result<DeltaOptions> {
         let mut opts = DeltaOptions::default();
+        if let Some((_, text)) = metadata.iter().find(|(k, _)| k == RELATIVE_METADATA_KEY) {
+            opts.relative = Some(RelativeThetas::parse(text)?);
+        }
         if let Some((_, text)) = metadata.iter().find(|(k, _)| k == THETA_METADATA_KEY) {
             let (default, layers) = parse_thetas(text)?;
             opts.theta = default.unwrap_or(0.0);
@@ -66,6 +115,13 @@ impl DeltaOptions {
         for (name, t) in std::iter::once(("theta", self.theta)).chain(layers) {
             if !t.is_finite() || t < 0.0 {
                 return Err(bad(&format!("theta of {name}"), t));
+            }
+        }
+        if let Some(r) = self.relative {
+            if !(r.t.is_finite() && r.t >= 0.0 && r.t_camera.is_finite() && r.t_camera >= 0.0) {
+                return Err(Error::InvalidArgument {
+                    reason: format!("delta relative thresholds {r:?}: must be finite and >= 0"),
+                });
             }
         }
         if !(0.0..=1.0).contains(&self.dense_above) {
@@ -257,6 +313,11 @@ pub(crate) struct DeltaMode {
     pub stats: DeltaStats,
     /// Frames since the last scheduled keyframe; None forces one.
     pub since_key: Option<usize>,
+    /// Per step: (channels, values per channel per image) of its input, for relative thresholds.
+    pub input_layout: Vec<(usize, usize)>,
+    /// Scratch for relative thresholds: per-channel sums and thetas (the widest layer's size).
+    sums: Vec<f64>,
+    thetas: Vec<f32>,
 }
 
 /// Per frame: whether the frame is a keyframe, and whether a scene cut has been seen so far.
@@ -270,6 +331,7 @@ impl DeltaMode {
         opts: DeltaOptions,
         layers: Vec<Option<Layer>>,
         reads_input: Vec<bool>,
+        input_layout: Vec<(usize, usize)>,
         names: &[&str],
         other_macs_per_frame: u64,
     ) -> Result<DeltaMode> {
@@ -292,7 +354,18 @@ impl DeltaMode {
                 });
             }
         }
-        Ok(DeltaMode { opts, layers, reads_input, stat_of, stats, since_key: None })
+        let widest = input_layout.iter().map(|l| l.0).max().unwrap_or(0);
+        Ok(DeltaMode {
+            opts,
+            layers,
+            reads_input,
+            stat_of,
+            stats,
+            since_key: None,
+            input_layout,
+            sums: vec![0.0; widest],
+            thetas: vec![0.0; widest],
+        })
     }
 
     /// Starts a frame.
@@ -320,6 +393,24 @@ impl DeltaMode {
         s.fired += step.fired as u64;
         s.macs += step.macs;
         s.dense_frames += u64::from(step.keyed);
+        if let (true, Some(r)) = (step.keyed, self.opts.relative) {
+            let mult = if self.reads_input[si] { r.t_camera } else { r.t };
+            let (c, inner) = self.input_layout[si];
+            let x = layer.reference_input();
+            let sums = &mut self.sums[..c];
+            sums.fill(0.0);
+            for (i, plane) in x.chunks(inner.max(1)).enumerate() {
+                sums[i % c] += plane.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+            }
+            let per = (x.len() / c.max(1)).max(1) as f64;
+            let layer_rms = (sums.iter().sum::<f64>() / (per * c as f64)).sqrt();
+            let thetas = &mut self.thetas[..c];
+            for (t, &sum) in thetas.iter_mut().zip(sums.iter()) {
+                *t = ((sum / per).sqrt().max(0.1 * layer_rms) * mult as f64) as f32;
+            }
+            layer.set_thetas(thetas)?;
+            s.theta = thetas.iter().sum::<f32>() / c.max(1) as f32;
+        }
         Ok(layer.output())
     }
 

@@ -7,5 +7,5 @@ mod gpu;
 mod prepare;
 
 pub use cpu::{kpak_weights, CpuExecutor};
-pub use delta::{DeltaLayerStats, DeltaOptions, DeltaStats};
+pub use delta::{DeltaLayerStats, DeltaOptions, DeltaStats, RelativeThetas};
 pub use gpu::GpuExecutor;

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use kestrel::exec::delta::{format_thetas, LayerThetas, THETA_METADATA_KEY};
-use kestrel::exec::{DeltaOptions, DeltaStats};
+use kestrel::exec::delta::RELATIVE_METADATA_KEY;
+use kestrel::exec::{DeltaOptions, DeltaStats, RelativeThetas};
 use kestrel::format::{Kpak, KpakWriter, Verify};
 use kestrel::vision::annotations::{Annotation, Label};
 use kestrel::vision::dataset::Dataset;
@@ -44,6 +44,7 @@ impl DeltaArgs {
         if let Some(t) = theta {
             opts.theta = t;
             opts.layer_theta.clear();
+            opts.relative = None;
         }
         opts.keyframe_interval = self.keyframe_every;
         opts.dense_above = self.dense_above;
@@ -188,7 +189,12 @@ pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, profile: 
         "dense": {"macs": dense_macs, "median_ms": d_ms, "map50": passes[0].map50},
         "delta": {"macs": stats.macs(), "median_ms": s_ms, "map50": passes[1].map50,
                   "fired_fraction": stats.fired_fraction(), "keyframes": stats.keyframes,
-                  "scene_cuts": stats.scene_cuts, "theta": if opts.layer_theta.is_empty() { json!(opts.theta) } else { json!("per layer") },
+                  "scene_cuts": stats.scene_cuts,
+                  "theta": match (opts.relative, opts.layer_theta.is_empty()) {
+                      (Some(r), _) => json!(r.format()),
+                      (None, true) => json!(opts.theta),
+                      (None, false) => json!("per layer"),
+                  },
                   "keyframe_every": opts.keyframe_interval, "dense_above": opts.dense_above},
         "mac_ratio": dense_macs as f64 / stats.macs().max(1) as f64,
         "speedup": d_ms / s_ms.max(1e-9),
@@ -263,9 +269,11 @@ fn print_or_json(report: &Value, json: bool) {
     }
 }
 
-/// `kestrel calibrate-delta`: per-layer theta = t x (RMS of the layer's input on the first
-/// frame), with the largest saving t whose mAP@0.5 on the sequence stays within `max_drop`
-/// points of dense. Writes the thresholds into the model's metadata.
+/// `kestrel calibrate-delta`: scene-relative thresholds (theta of each channel = t x its RMS at
+/// the layer's last keyframe; `t_camera` for the layers that read a camera), with the largest
+/// MAC saving whose mAP@0.5 on the sequence stays within `max_drop` points of dense and whose
+/// detections agree with the dense ones at `min_agreement` or better. Writes the two multiples
+/// into the model's metadata (`delta.relative`).
 #[allow(clippy::too_many_arguments)]
 pub fn calibrate_delta_cmd(
     m: &ModelArgs,
@@ -276,8 +284,12 @@ pub fn calibrate_delta_cmd(
     delta: &DeltaArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    if !(max_drop.is_finite() && max_drop >= 0.0) {
-        return Err(Error::InvalidArgument { reason: format!("--max-drop {max_drop}: need mAP points >= 0") });
+    if !(max_drop.is_finite() && max_drop >= 0.0) || !(0.0..=1.0).contains(&min_agreement) {
+        return Err(Error::InvalidArgument {
+            reason: format!(
+                "--max-drop {max_drop} and --min-agreement {min_agreement}: need points >= 0 and a fraction"
+            ),
+        });
     }
     let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
     let mut dense = m.open(options)?;
@@ -287,56 +299,19 @@ pub fn calibrate_delta_cmd(
         dense_above: delta.dense_above,
         ..DeltaOptions::default()
     };
-    // The scale of each layer's input: its RMS averaged over keyframes of every 10th frame.
-    let mut probe = m.open(options)?;
-    probe.enable_delta(DeltaOptions { keyframe_interval: 1, ..base.clone() })?;
-    let mut scales: Vec<(String, Vec<f32>)> = Vec::new();
-    let probes = frames.iter().step_by(10).collect::<Vec<_>>();
-    for f in &probes {
-        probe.detect(f.rgb.as_ref(), f.ir.as_ref())?;
-        let rms = probe.delta_input_rms();
-        if scales.is_empty() {
-            scales = rms.iter().map(|(n, r)| (n.clone(), vec![0.0; r.len()])).collect();
-        }
-        for (s, (_, r)) in scales.iter_mut().zip(rms) {
-            for (a, b) in s.1.iter_mut().zip(r) {
-                *a += b / probes.len() as f32;
-            }
-        }
-    }
-    // Channel-wise scales, floored at a tenth of the layer's: a channel that barely varies
-    // would otherwise fire on every rounding.
-    for (_, s) in &mut scales {
-        let layer = (s.iter().map(|v| v * v).sum::<f32>() / s.len().max(1) as f32).sqrt();
-        for v in s.iter_mut() {
-            *v = v.max(0.1 * layer);
-        }
-    }
-    let probe_inputs: Vec<String> = probe
-        .delta_stats()
-        .map(|s| s.layers.iter().filter(|l| l.reads_input).map(|l| l.name.clone()).collect())
-        .unwrap_or_default();
-    drop(probe);
     let dense_pass = run_passes(&mut [&mut dense], &frames, "dense")?.remove(0);
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let tty = std::io::stderr().is_terminal();
     let mut tried = Vec::new();
-    let mut best: Option<((f64, f64), f64, LayerThetas)> = None; // ((t, camera t), mac ratio, thetas)
-                                                                 // Layers that read a camera see its sensor noise, which nothing downstream can tell from
-                                                                 // motion: they get their own multiplier, searched jointly with the rest.
-    let reads_camera: Vec<bool> = scales.iter().map(|(n, _)| probe_inputs.contains(n)).collect();
-    for t in [0.03, 0.05, 0.07, 0.1, 0.15, 0.2] {
-        for t_in in [0.02, 0.03, 0.05, 0.07, 0.1] {
-            if t_in > t {
+    let mut best: Option<(RelativeThetas, f64)> = None;
+    for t in [0.03f32, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3] {
+        for t_camera in [0.02f32, 0.03, 0.05, 0.07, 0.1] {
+            if t_camera > t {
                 continue;
             }
-            let thetas: LayerThetas = scales
-                .iter()
-                .zip(&reads_camera)
-                .map(|((n, s), &cam)| (n.clone(), s.iter().map(|v| v * if cam { t_in } else { t } as f32).collect()))
-                .collect();
+            let relative = RelativeThetas { t, t_camera };
             let mut det = m.open(options)?;
-            det.enable_delta(DeltaOptions { layer_theta: thetas.clone(), ..base.clone() })?;
+            det.enable_delta(DeltaOptions { relative: Some(relative), ..base.clone() })?;
             let pass = run_passes(&mut [&mut det], &frames, "")?.remove(0);
             let stats = det.delta_stats().expect("delta mode is on");
             let ratio = dense_macs as f64 / stats.macs().max(1) as f64;
@@ -345,19 +320,20 @@ pub fn calibrate_delta_cmd(
             let ok = drop_points <= max_drop && agree >= min_agreement;
             if tty {
                 eprintln!(
-                    "t {t:<5} camera t {t_in:<5} mAP@0.5 {:.4} (drop {drop_points:+.2} points)  agreement {agree:.4}  {ratio:.2}x fewer MACs{}",
+                    "t {t:<5} camera t {t_camera:<5} mAP@0.5 {:.4} (drop {drop_points:+.2} points)  agreement {agree:.4}  {ratio:.2}x fewer MACs{}",
                     pass.map50,
                     if ok { "" } else { "  over budget" }
                 );
             }
-            tried.push(json!({"t": t, "t_camera": t_in, "map50": pass.map50, "map50_drop_points": drop_points, "agreement_map50": agree,
-                              "mac_ratio": ratio, "fired_fraction": stats.fired_fraction(), "within_budget": ok}));
-            if ok && best.as_ref().is_none_or(|b| ratio > b.1) {
-                best = Some(((t, t_in), ratio, thetas));
+            tried.push(json!({"t": t, "t_camera": t_camera, "map50": pass.map50, "map50_drop_points": drop_points,
+                              "agreement_map50": agree, "mac_ratio": ratio, "fired_fraction": stats.fired_fraction(),
+                              "within_budget": ok}));
+            if ok && best.is_none_or(|b| ratio > b.1) {
+                best = Some((relative, ratio));
             }
         }
     }
-    let ((t, t_in), ratio, thetas) = best.ok_or_else(|| Error::InvalidArgument {
+    let (relative, ratio) = best.ok_or_else(|| Error::InvalidArgument {
         reason: format!(
             "no threshold keeps mAP@0.5 within {max_drop} points of dense and agreement at {min_agreement} on this sequence"
         ),
@@ -365,11 +341,12 @@ pub fn calibrate_delta_cmd(
     let target = out.unwrap_or(m.model);
     let pak = Kpak::open(m.model, Verify::Full)?;
     let mut w = KpakWriter::from_kpak(&pak);
-    w.set_metadata(THETA_METADATA_KEY, &format_thetas(0.0, &thetas))?;
+    w.set_metadata(RELATIVE_METADATA_KEY, &relative.format())?;
     w.set_metadata(
         "delta.calibration",
         &format!(
-            "t={t} t_camera={t_in} max_drop_points={max_drop} sequence={} frames={} dense_map50={:.4}",
+            "{} max_drop_points={max_drop} min_agreement={min_agreement} sequence={} frames={} dense_map50={:.4} mac_ratio={ratio:.3}",
+            relative.format(),
             dir.display(),
             frames.len(),
             dense_pass.map50
@@ -377,13 +354,17 @@ pub fn calibrate_delta_cmd(
     )?;
     drop(pak);
     w.write(target)?;
-    let report = json!({"model": target.display().to_string(), "t": t, "t_camera": t_in, "mac_ratio": ratio,
-                        "dense_map50": dense_pass.map50, "tried": tried,
-                        "thetas": thetas.iter().map(|(n, v)| json!({"name": n, "theta_mean": v.iter().sum::<f32>() / v.len() as f32})).collect::<Vec<_>>()});
+    let report = json!({"model": target.display().to_string(), "t": relative.t, "t_camera": relative.t_camera,
+                        "mac_ratio": ratio, "dense_map50": dense_pass.map50, "tried": tried});
     if json {
         println!("{report}");
     } else {
-        println!("t = {t} (camera layers {t_in}): {ratio:.2}x fewer MACs within {max_drop} mAP points; thresholds of {} layers written to {}", thetas.len(), target.display());
+        println!(
+            "t = {} (camera layers {}): {ratio:.2}x fewer MACs within {max_drop} mAP points and agreement {min_agreement}; written to {}",
+            relative.t,
+            relative.t_camera,
+            target.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
