@@ -353,7 +353,7 @@ fn calibrate_delta_writes_thresholds_the_stream_then_uses() {
     let want = format!("t={} t_camera={}", r["t"].as_f64().unwrap() as f32, r["t_camera"].as_f64().unwrap() as f32);
     assert_eq!(pak.meta("delta.relative"), Some(want.as_str()));
     // The weights and graph are the original's, byte for byte.
-    let orig = kestrel::format::Kpak::open(&model("rgbir-fused.kpak"), kestrel::format::Verify::Full).unwrap();
+    let orig = kestrel::format::Kpak::open(model("rgbir-fused.kpak"), kestrel::format::Verify::Full).unwrap();
     assert_eq!(pak.tensors().len(), orig.tensors().len());
     for (a, b) in pak.tensors().iter().zip(orig.tensors()) {
         assert_eq!(a.name, b.name);
