@@ -284,7 +284,7 @@ pub fn calibrate_delta_cmd(
     delta: &DeltaArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    if !(max_drop.is_finite() && max_drop >= 0.0) || !(0.0..=1.0).contains(&min_agreement) {
+    if !(max_drop.is_finite() && max_drop >= 0.0 && (0.0..=1.0).contains(&min_agreement)) {
         return Err(Error::InvalidArgument {
             reason: format!(
                 "--max-drop {max_drop} and --min-agreement {min_agreement}: need points >= 0 and a fraction"
