@@ -1,5 +1,6 @@
 // Temporal delta convolution on the GPU (PAPERS.md section 2; the CPU twin is ops::DeltaConv2d).
-// One step of a stream is four dispatches over one layer's state:
+// One step of a stream is five dispatches over one layer's state:
+//   reset:    the fired counter to 0
 //   fire:     every input entry: dx = x - x_ref; where |dx| >= theta (and dx != 0), x_ref = x and
 //             the entry is appended to the fired list (compaction with an atomic counter)
 //   args:     one thread turns the fired count into the scatter's indirect dispatch size
@@ -8,14 +9,16 @@
 //             positions reach the same outputs, so the adds are atomic (a compare-exchange loop
 //             on the f32 bits: WGSL has no float atomics)
 //   activate: out = act(y) over the layer's output
-// y holds the pre-activation output (NCHW, f32 bits); a keyframe writes it with the dense conv.
+// y holds the pre-activation output (NCHW, f32 bits); a keyframe writes it with the dense conv,
+// then copy_ref sets x_ref. x and the output live at element offsets x_off and out_off of their
+// buffers (a graph's activation arena); theta is per input channel.
 
 struct Params {
     n: u32, c: u32, h: u32, w: u32,
     m: u32, cg: u32, kh: u32, kw: u32,
     oh: u32, ow: u32, sh: u32, sw: u32,
     dh: u32, dw: u32, pt: u32, pl: u32,
-    group: u32, theta: f32, act: u32, _pad: u32,
+    group: u32, x_off: u32, act: u32, out_off: u32,
 };
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,6 +31,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> y: array<atomic<u32>>;
 @group(0) @binding(8) var<storage, read_write> outv: array<f32>;
 @group(0) @binding(9) var<storage, read_write> args: array<u32>;
+@group(0) @binding(10) var<storage, read> theta: array<f32>;
 
 const WG: u32 = 64u;
 // Workgroups per row of a 2-D grid: dispatch sizes stop at 65535 per dimension.
@@ -43,13 +47,27 @@ fn fire(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (i >= p.n * p.c * p.h * p.w) {
         return;
     }
-    let dx = x[i] - xref[i];
+    let xv = x[p.x_off + i];
+    let dx = xv - xref[i];
     // NaN compares false: it never fires. theta = 0 fires every change.
-    if (dx != 0.0 && abs(dx) >= p.theta) {
-        xref[i] = x[i];
+    if (dx != 0.0 && abs(dx) >= theta[(i / (p.h * p.w)) % p.c]) {
+        xref[i] = xv;
         let slot = atomicAdd(&counter[0], 1u);
         fired[slot] = i;
         dxs[slot] = dx;
+    }
+}
+
+@compute @workgroup_size(1)
+fn reset() {
+    atomicStore(&counter[0], 0u);
+}
+
+@compute @workgroup_size(64)
+fn copy_ref(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, lid);
+    if (i < p.n * p.c * p.h * p.w) {
+        xref[i] = x[p.x_off + i];
     }
 }
 
@@ -124,5 +142,5 @@ fn activate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         case 3u: { r = v / (1.0 + exp(-v)); }          // silu
         default: {}
     }
-    outv[i] = r;
+    outv[p.out_off + i] = r;
 }

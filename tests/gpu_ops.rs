@@ -1144,10 +1144,13 @@ fn delta_conv_on_the_gpu_follows_its_cpu_twin() {
         let w = normals(&mut rng, ws.iter().product(), 0.5);
         let b = normals(&mut rng, ws[0], 0.5);
         let mut x = normals(&mut rng, xs.iter().product(), 1.0);
-        for theta in [0.0f32, 0.1] {
-            let what = format!("x {xs:?} w {ws:?} theta {theta}");
-            let mut cpu = DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, theta).unwrap();
-            let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, Some(&b), &p, theta).unwrap();
+        // One theta for every channel, and one per channel.
+        let per_channel: Vec<f32> = (0..xs[1]).map(|_| rng.uniform(0.02, 0.2)).collect();
+        for theta in [vec![0.0f32], vec![0.1], per_channel] {
+            let what = format!("x {xs:?} w {ws:?} theta {theta:?}");
+            let mut cpu = DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+            cpu.set_thetas(&theta).unwrap();
+            let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, Some(&b), &p, &theta).unwrap();
             let mut got = vec![0f32; cpu.output().len()];
             cpu.keyframe(&x).unwrap();
             gpu.keyframe(ctx, &x).unwrap();
@@ -1176,9 +1179,10 @@ fn delta_conv_on_the_gpu_follows_its_cpu_twin() {
     // Bad arguments are typed errors.
     let (xs, ws) = ([1, 2, 4, 4], [2, 2, 1, 1]);
     let w = vec![1.0; 4];
-    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), -1.0).is_err());
+    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), &[-1.0]).is_err());
+    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), &[0.1; 3]).is_err());
     let gelu = Conv2d { activation: Activation::Gelu, ..Conv2d::default() };
-    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &gelu, 0.1).is_err());
-    let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), 0.1).unwrap();
+    assert!(GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &gelu, &[0.1]).is_err());
+    let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, None, &Conv2d::default(), &[0.1]).unwrap();
     assert!(gpu.step(ctx, &[0.0; 5]).is_err());
 }
