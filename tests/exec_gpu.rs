@@ -71,3 +71,55 @@ fn packed_weights_stay_packed_on_the_gpu_and_agree_with_the_cpu() {
         assert!(err < 1e-5, "{name}: GPU packed vs CPU dequantized {err:e}");
     }
 }
+
+#[test]
+fn delta_mode_on_the_gpu_tracks_the_dense_run_at_theta_zero() {
+    use kestrel::exec::DeltaOptions;
+    use kestrel::rng::SplitMix64;
+    let ctx = GpuContext::new(&GpuOptions { allow_software: true })
+        .expect("GPU tests are mandatory: install mesa-vulkan-drivers");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny");
+    let mut g = import(&Model::load(&dir.join("model.onnx")).unwrap()).unwrap();
+    optimize(&mut g).unwrap();
+    let none = |_| unreachable!("the imported graph holds its constants");
+    let dense = GpuExecutor::new(&ctx, &g, &none).unwrap();
+    let mut delta = GpuExecutor::new(&ctx, &g, &none).unwrap();
+    let opts = DeltaOptions { keyframe_interval: 3, ..DeltaOptions::default() };
+    delta.enable_delta(&ctx, &g, &none, &opts).unwrap();
+    let (_, mut frame) = kestrel::npy::read(&dir.join("input.npy")).unwrap();
+    let mut r = SplitMix64::new(5);
+    let (mut want, mut got) = (vec![0f32; 12 * 525], vec![0f32; 12 * 525]);
+    for n in 0..5 {
+        if n > 0 {
+            // A 6x6 patch of every channel moves.
+            for c in 0..3 {
+                for y in 4 * n..4 * n + 6 {
+                    for x in 7 * n..7 * n + 6 {
+                        frame[(c * 160 + y) * 160 + x] = r.unit() as f32;
+                    }
+                }
+            }
+        }
+        dense.run(&ctx, &[&frame]).unwrap();
+        delta.run(&ctx, &[&frame]).unwrap();
+        dense.read_output(&ctx, 0, &mut want).unwrap();
+        delta.read_output(&ctx, 0, &mut got).unwrap();
+        let err = rel_l2(&got, &want.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        assert!(Tol::F32.accepts(err), "frame {n}: relative L2 {err:e}");
+        let fired = delta.delta_fired(&ctx).unwrap();
+        assert!(fired.len() > 50, "{} delta layers", fired.len());
+        if n == 1 || n == 2 {
+            // Between keyframes only the moved patch and what it reaches fire: far from all of
+            // the first layer's input.
+            let (_, f, inputs) = fired[0];
+            assert!(f > 0 && f * 20 < inputs, "frame {n}: {f} of {inputs} fired in the first layer");
+        }
+    }
+    // Keyframes at frames 0 and 3.
+    assert_eq!(delta.delta_frames(), Some((5, 2)));
+    let relative = DeltaOptions {
+        relative: Some(kestrel::exec::RelativeThetas { t: 0.1, t_camera: 0.1 }),
+        ..DeltaOptions::default()
+    };
+    assert!(delta.enable_delta(&ctx, &g, &none, &relative).is_err());
+}

@@ -2,11 +2,14 @@
 //! load. A run writes the inputs, submits one command buffer with one compute pass, and reads
 //! the outputs back through a staging buffer.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::ops::Range;
 
-use super::prepare::{prepare_deferring, Kind, Loc, Operand, Prepared};
+use super::delta::DeltaOptions;
+use super::prepare::{prepare, prepare_deferring, Kind, Loc, Operand, Prepared};
 use crate::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView, PackedWeights};
-use crate::backend::gpu::GpuContext;
+use crate::backend::gpu::{GpuContext, GpuDeltaConv2d};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 use crate::tensor::MatrixView;
@@ -25,6 +28,30 @@ fn operand_view<'a>(
     }
 }
 
+/// The GPU executor's stream state in delta mode.
+struct GpuDelta {
+    /// Per prepared step: its delta layer, if it has one.
+    layers: Vec<Option<GpuDeltaConv2d>>,
+    keyframe_interval: usize,
+    since_key: Cell<Option<usize>>,
+    frames: Cell<u64>,
+    keyframes: Cell<u64>,
+}
+
+impl GpuDelta {
+    /// Starts a frame: whether it is a keyframe.
+    fn begin(&self) -> bool {
+        let key = match self.since_key.get() {
+            None => true,
+            Some(n) => self.keyframe_interval > 0 && n + 1 >= self.keyframe_interval,
+        };
+        self.since_key.set(Some(if key { 0 } else { self.since_key.get().map_or(0, |n| n + 1) }));
+        self.frames.set(self.frames.get() + 1);
+        self.keyframes.set(self.keyframes.get() + u64::from(key));
+        key
+    }
+}
+
 /// A graph prepared for a GPU device.
 pub struct GpuExecutor {
     steps: Vec<GpuStep>,
@@ -36,6 +63,10 @@ pub struct GpuExecutor {
     arena_bytes: usize,
     packed_convs: usize,
     dense_macs: u64,
+    /// Per prepared step: its dispatches in `steps`.
+    ranges: Vec<Range<usize>>,
+    /// Stream state in delta mode (see [`GpuExecutor::enable_delta`]).
+    delta: Option<GpuDelta>,
     _consts: Vec<wgpu::Buffer>,
     _packed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
@@ -89,6 +120,7 @@ impl GpuExecutor {
         )?;
         let view = |o| operand_view(o, &arena, &consts, &inputs);
         let mut steps = Vec::new();
+        let mut ranges = Vec::with_capacity(p.steps.len());
         let mut packed_convs = 0;
         for step in &p.steps {
             let (i, o) = (&step.inputs, &step.outputs);
@@ -160,10 +192,13 @@ impl GpuExecutor {
                 op: step.kind.name().into(),
                 reason: e.to_string(),
             })?;
+            ranges.push(steps.len()..steps.len() + made.len());
             steps.extend(made);
         }
         Ok(Self {
             dense_macs: p.steps.iter().map(super::prepare::Step::macs).sum(),
+            ranges,
+            delta: None,
             steps,
             arena,
             inputs,
@@ -223,10 +258,110 @@ impl GpuExecutor {
         }
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("graph"), timestamp_writes: None });
-        for s in &self.steps {
-            s.encode(&mut pass);
+        let Some(d) = &self.delta else {
+            for s in &self.steps {
+                s.encode(&mut pass);
+            }
+            return Ok(());
+        };
+        let key = d.begin();
+        for (layer, range) in d.layers.iter().zip(&self.ranges) {
+            match layer {
+                Some(l) if key => l.encode_keyframe(&mut pass),
+                Some(l) => l.encode_step(&mut pass),
+                None => self.steps[range.clone()].iter().for_each(|s| s.encode(&mut pass)),
+            }
         }
         Ok(())
+    }
+
+    /// Runs the following frames in delta mode: every conv with constant weights and an
+    /// activation the delta kernel has (none, ReLU, sigmoid, SiLU) keeps a temporal state on the
+    /// GPU (`GpuDeltaConv2d`) and adds only the inputs that moved by theta or more; the other
+    /// steps run dense. Keyframes come on the first frame and every `keyframe_interval` frames.
+    /// `g` and `weights` must be what this executor was made from (the delta layers need f32
+    /// weights; packed convs keep theirs packed). Unlike the CPU executor's, this mode has no
+    /// per-layer dense fallback or scene-cut detection (they would need the fired counts on the
+    /// host mid-frame), and thresholds are fixed: scene-relative ones need the activations.
+    pub fn enable_delta(
+        &mut self,
+        ctx: &GpuContext,
+        g: &Graph,
+        weights: &dyn Fn(ValueId) -> Result<Vec<f32>>,
+        opts: &DeltaOptions,
+    ) -> Result<()> {
+        if opts.relative.is_some() {
+            return Err(Error::Unsupported {
+                what: "scene-relative delta thresholds on the GPU (give one theta, or per-layer delta.theta)".into(),
+            });
+        }
+        let p = prepare(g, weights)?;
+        if p.steps.len() != self.ranges.len() {
+            return Err(Error::InvalidArgument {
+                reason: "enable_delta: the graph is not the one this executor was made from".into(),
+            });
+        }
+        let mut layers = Vec::with_capacity(p.steps.len());
+        for step in &p.steps {
+            let (i, o) = (&step.inputs, &step.outputs);
+            let constant = |op: Option<&Operand>| match op {
+                Some(Operand { loc: Loc::Const(c), len, .. }) => Some(Some(&p.consts[*c][..*len])),
+                Some(_) => None,
+                None => Some(None),
+            };
+            let layer = match (&step.kind, constant(i.get(1)), constant(i.get(2))) {
+                (Kind::Conv(c), Some(Some(w)), Some(bias)) => {
+                    let x = operand_view(&i[0], &self.arena, &self._consts, &self.inputs);
+                    let out = operand_view(&o[0], &self.arena, &self._consts, &self.inputs);
+                    match GpuDeltaConv2d::on_views(ctx, x, w, &i[1].shape, bias, c, opts.theta_of(&step.name), out) {
+                        Ok(l) => Some(l),
+                        // An activation the delta kernel lacks: this conv stays dense.
+                        Err(Error::Unsupported { .. }) => None,
+                        Err(e) => {
+                            return Err(Error::GraphNode {
+                                node: step.name.clone(),
+                                op: step.kind.name().into(),
+                                reason: e.to_string(),
+                            })
+                        }
+                    }
+                }
+                _ => None,
+            };
+            layers.push(layer);
+        }
+        self.delta = Some(GpuDelta {
+            layers,
+            keyframe_interval: opts.keyframe_interval,
+            since_key: Cell::new(None),
+            frames: Cell::new(0),
+            keyframes: Cell::new(0),
+        });
+        Ok(())
+    }
+
+    /// (frames, keyframes) since delta mode was enabled.
+    pub fn delta_frames(&self) -> Option<(u64, u64)> {
+        self.delta.as_ref().map(|d| (d.frames.get(), d.keyframes.get()))
+    }
+
+    /// Per delta layer: (node index in the prepared steps, fired entries in the last frame,
+    /// input entries). Reads every layer's counter back: for reports, not for the hot path.
+    pub fn delta_fired(&self, ctx: &GpuContext) -> Result<Vec<(usize, usize, usize)>> {
+        let Some(d) = &self.delta else { return Ok(Vec::new()) };
+        d.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(si, l)| l.as_ref().map(|l| (si, l)))
+            .map(|(si, l)| Ok((si, l.fired(ctx)?, l.input_len())))
+            .collect()
+    }
+
+    /// Makes the next frame a keyframe.
+    pub fn reset_delta(&self) {
+        if let Some(d) = &self.delta {
+            d.since_key.set(None);
+        }
     }
 
     /// Runs the graph: upload, one submission, wait.
