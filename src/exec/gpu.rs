@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::delta::DeltaOptions;
+use super::delta::{DeltaLayerStats, DeltaOptions, DeltaStats};
 use super::prepare::{prepare, prepare_deferring, Kind, Loc, Operand, Prepared};
 use crate::backend::gpu::graph_ops::{self as gops, GpuStep, GpuView, PackedWeights};
 use crate::backend::gpu::{GpuContext, GpuDeltaConv2d};
@@ -32,6 +32,14 @@ fn operand_view<'a>(
 struct GpuDelta {
     /// Per prepared step: its delta layer, if it has one.
     layers: Vec<Option<GpuDeltaConv2d>>,
+    /// Per delta layer (in step order): multiply-adds of the scatter per fired entry, taken as
+    /// the dense conv's per input entry (exact on average; entries near a border or skipped by
+    /// a stride reach fewer outputs).
+    macs_per_fired: Vec<f64>,
+    /// The delta layers' fired counters, copied here after each frame and read in one mapping.
+    counters: wgpu::Buffer,
+    stats: std::cell::RefCell<DeltaStats>,
+    last_key: Cell<bool>,
     keyframe_interval: usize,
     since_key: Cell<Option<usize>>,
     frames: Cell<u64>,
@@ -39,6 +47,27 @@ struct GpuDelta {
 }
 
 impl GpuDelta {
+    /// Adds the last frame's fired counts (copied into `counters` by the frame's submission).
+    fn account(&self, ctx: &GpuContext) -> Result<()> {
+        let n = self.macs_per_fired.len();
+        let mut raw = vec![0f32; n];
+        ctx.read_mapped(&self.counters, &mut raw)?;
+        let key = self.last_key.get();
+        let mut stats = self.stats.borrow_mut();
+        for ((l, &per), c) in stats.layers.iter_mut().zip(&self.macs_per_fired).zip(raw) {
+            if key {
+                l.fired += l.inputs;
+                l.macs += l.dense_macs;
+                l.dense_frames += 1;
+            } else {
+                let fired = c.to_bits() as u64;
+                l.fired += fired;
+                l.macs += (fired as f64 * per).round() as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a frame: whether it is a keyframe.
     fn begin(&self) -> bool {
         let key = match self.since_key.get() {
@@ -48,6 +77,7 @@ impl GpuDelta {
         self.since_key.set(Some(if key { 0 } else { self.since_key.get().map_or(0, |n| n + 1) }));
         self.frames.set(self.frames.get() + 1);
         self.keyframes.set(self.keyframes.get() + u64::from(key));
+        self.last_key.set(key);
         key
     }
 }
@@ -302,6 +332,8 @@ impl GpuExecutor {
             });
         }
         let mut layers = Vec::with_capacity(p.steps.len());
+        let mut stats = DeltaStats::default();
+        let mut macs_per_fired = Vec::new();
         for step in &p.steps {
             let (i, o) = (&step.inputs, &step.outputs);
             let constant = |op: Option<&Operand>| match op {
@@ -328,9 +360,33 @@ impl GpuExecutor {
                 }
                 _ => None,
             };
+            match &layer {
+                Some(l) => {
+                    macs_per_fired.push(step.macs() as f64 / l.input_len().max(1) as f64);
+                    let t = opts.theta_of(&step.name);
+                    stats.layers.push(DeltaLayerStats {
+                        name: step.name.clone(),
+                        theta: t.iter().sum::<f32>() / t.len() as f32,
+                        reads_input: i.iter().any(|o| matches!(o.loc, Loc::Input(_))),
+                        inputs: l.input_len() as u64,
+                        dense_macs: step.macs(),
+                        ..DeltaLayerStats::default()
+                    });
+                }
+                None => stats.other_macs_per_frame += step.macs(),
+            }
             layers.push(layer);
         }
+        let counters = ctx.zeroed_buffer(
+            "delta counters read-back",
+            (macs_per_fired.len().max(4) * 4) as u64,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         self.delta = Some(GpuDelta {
+            macs_per_fired,
+            counters,
+            stats: std::cell::RefCell::new(stats),
+            last_key: Cell::new(false),
             layers,
             keyframe_interval: opts.keyframe_interval,
             since_key: Cell::new(None),
@@ -369,8 +425,27 @@ impl GpuExecutor {
         ctx.check_alive()?;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("graph run") });
         self.encode(ctx, &mut enc, inputs)?;
+        if let Some(d) = &self.delta {
+            for (k, l) in d.layers.iter().flatten().enumerate() {
+                enc.copy_buffer_to_buffer(l.counter(), 0, &d.counters, (k * 4) as u64, 4);
+            }
+        }
         ctx.queue.submit([enc.finish()]);
-        ctx.wait()
+        ctx.wait()?;
+        if let Some(d) = &self.delta {
+            d.account(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Totals of the delta stream (None when not in delta mode). MACs of a delta step are its
+    /// fired entries times the dense conv's multiply-adds per input entry.
+    pub fn delta_stats(&self) -> Option<DeltaStats> {
+        self.delta.as_ref().map(|d| {
+            let mut s = d.stats.borrow().clone();
+            (s.frames, s.keyframes) = (d.frames.get(), d.keyframes.get());
+            s
+        })
     }
 
     /// Reads output `i` of the last run into `out`.

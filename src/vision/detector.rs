@@ -76,6 +76,8 @@ pub struct Detector {
     buffers: Vec<Vec<f32>>,
     output: Vec<f32>,
     metadata: Vec<(String, String)>,
+    /// The model file (the GPU's delta mode reads its weights again).
+    source: std::path::PathBuf,
     /// Score / IoU thresholds and the per-image cap used by [`Detector::detect`].
     pub options: DecodeOptions,
 }
@@ -155,6 +157,7 @@ impl Detector {
             buffers,
             output: vec![0.0; rows * anchors],
             metadata: metadata.to_vec(),
+            source: path.to_path_buf(),
             options: DecodeOptions::default(),
         })
     }
@@ -165,19 +168,34 @@ impl Detector {
     }
 
     /// Runs the following frames as a stream in delta mode (`exec::delta`); the first is a
-    /// keyframe. The CPU backend only, for now.
+    /// keyframe. On the GPU the model file is read again for f32 copies of the delta layers'
+    /// weights, and the thresholds must be fixed (see `GpuExecutor::enable_delta`).
     pub fn enable_delta(&mut self, opts: DeltaOptions) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(e) => e.enable_delta(opts),
-            Engine::Gpu(_) => Err(Error::Unsupported { what: "delta mode on the GPU backend".into() }),
+            Engine::Gpu(b) => {
+                let (ctx, e) = &mut **b;
+                if self.source.extension().is_some_and(|x| x.eq_ignore_ascii_case("onnx")) {
+                    let model = crate::import::onnx::Model::load(&self.source)?;
+                    let mut g = crate::graph::onnx::import(&model)?;
+                    crate::graph::passes::optimize(&mut g)?;
+                    let none = |_| Err(Error::Unsupported { what: "weights outside an imported graph".into() });
+                    return e.enable_delta(ctx, &g, &none, &opts);
+                }
+                let pak = Kpak::open(&self.source, Verify::Structure)?;
+                let g = pak.graph().ok_or_else(|| Error::Unsupported {
+                    what: format!("{} has no graph to run", self.source.display()),
+                })?;
+                e.enable_delta(ctx, g, &|id| crate::exec::kpak_weights(&pak, g, id), &opts)
+            }
         }
     }
 
     /// Totals of the delta stream, when in delta mode.
-    pub fn delta_stats(&self) -> Option<&DeltaStats> {
+    pub fn delta_stats(&self) -> Option<DeltaStats> {
         match &self.engine {
-            Engine::Cpu(e) => e.delta_stats(),
-            Engine::Gpu(_) => None,
+            Engine::Cpu(e) => e.delta_stats().cloned(),
+            Engine::Gpu(b) => b.1.delta_stats(),
         }
     }
 
@@ -192,8 +210,9 @@ impl Detector {
 
     /// Makes the next frame a keyframe (a new clip, a camera restart).
     pub fn reset_delta(&mut self) {
-        if let Engine::Cpu(e) = &mut self.engine {
-            e.reset_delta();
+        match &mut self.engine {
+            Engine::Cpu(e) => e.reset_delta(),
+            Engine::Gpu(b) => b.1.reset_delta(),
         }
     }
 

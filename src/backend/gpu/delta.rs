@@ -343,6 +343,11 @@ impl GpuDeltaConv2d {
         Ok(v[0].to_bits() as usize)
     }
 
+    /// The fired counter (one u32 at offset 0), for callers batching their read-backs.
+    pub fn counter(&self) -> &wgpu::Buffer {
+        &self.counter
+    }
+
     /// Input entries per step.
     pub fn input_len(&self) -> usize {
         self.x_shape.iter().product()

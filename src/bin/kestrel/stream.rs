@@ -181,7 +181,7 @@ pub fn eval_sequence_cmd(m: &ModelArgs, dir: &Path, delta: &DeltaArgs, profile: 
     if profile {
         print_profiles(&dense, &sparse, frames.len());
     }
-    let stats = sparse.delta_stats().expect("delta mode is on").clone();
+    let stats = sparse.delta_stats().expect("delta mode is on");
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let (d_ms, s_ms) = (median(&passes[0].ms), median(&passes[1].ms));
     let report = json!({
