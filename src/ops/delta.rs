@@ -136,7 +136,9 @@ pub struct DeltaConv2d {
     /// Scratch: the fired (weight offset, dx) of one input position, and one output row.
     fired_here: Vec<(u32, f32)>,
     row: Vec<f32>,
-    /// Scratch of the one-group path: which input positions moved, their list, the dx rows of
+    /// Per moved position: (group, first index in `fired_here`) of each group's fired run.
+    group_starts: Vec<(usize, usize)>,
+    /// Scratch: which input positions moved, their list, and for the one-group GEMM the dx rows of
     /// one chunk of them ([CHUNK, C]) and their products with every tap ([CHUNK, kH * kW * M]).
     moved: Vec<u8>,
     positions: Vec<u32>,
@@ -214,8 +216,9 @@ impl DeltaConv2d {
             generation: 0,
             fired_here: Vec::with_capacity(xs[1]),
             row: vec![0.0; m],
-            moved: if one_group { vec![0; xs[2] * xs[3]] } else { Vec::new() },
-            positions: Vec::with_capacity(if one_group { xs[2] * xs[3] } else { 0 }),
+            moved: vec![0; xs[2] * xs[3]],
+            positions: Vec::with_capacity(xs[2] * xs[3]),
+            group_starts: Vec::with_capacity(group),
             dx_rows: if one_group { vec![0.0; CHUNK * xs[1]] } else { Vec::new() },
             products: if one_group { vec![0.0; CHUNK * kh * kw * m] } else { Vec::new() },
             keyed: false,
@@ -311,10 +314,6 @@ impl DeltaConv2d {
             return Ok(self.last);
         }
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
-        let [n, c, h, w] = self.x_shape;
-        let [m, cg, kh, kw] = self.w_shape;
-        let [_, _, oh, ow] = self.out_shape;
-        let (hw, ohw, mg) = (h * w, oh * ow, m / self.group);
         let kern = Kernel::current();
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -323,101 +322,43 @@ impl DeltaConv2d {
             self.generation = 1;
         }
         self.touched.clear();
-        if self.group == 1 {
-            return self.step_one_group(x, max_fired, kern);
-        }
-        let (mut fired, mut macs) = (0usize, 0u64);
-        for b in 0..n {
-            let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
-            for ih in 0..h {
-                for iw in 0..w {
-                    let pos = ih * w + iw;
-                    // The fired channels of this position, as (weight row of tap (0, 0), dx),
-                    // rows of M/group floats: for one group, float offsets of whole rows.
-                    self.fired_here.clear();
-                    let scale = if self.group == 1 { m } else { 1 };
-                    for (ci, &theta) in self.theta.iter().enumerate() {
-                        let k = ci * hw + pos;
-                        let dx = xb[k] - rb[k];
-                        if fires(dx, theta) {
-                            rb[k] = xb[k];
-                            let (g, cl) = (ci / cg, ci % cg);
-                            self.fired_here.push((((g * kh * kw * cg + cl) * scale) as u32, dx));
-                        }
-                    }
-                    if self.fired_here.is_empty() {
-                        continue;
-                    }
-                    fired += self.fired_here.len();
-                    if fired > max_fired {
-                        self.keyframe(x)?;
-                        return Ok(self.last);
-                    }
-                    for &(i, orow) in self.rows.of(ih) {
-                        for &(j, ocol) in self.cols.of(iw) {
-                            let at = b * ohw + orow as usize * ow + ocol as usize;
-                            if self.mark[at] != self.generation {
-                                self.mark[at] = self.generation;
-                                self.touched.push(at as u32);
-                            }
-                            // Weight rows of tap (i, j) start `tap` rows after tap (0, 0)'s.
-                            let tap = (i as usize * kw + j as usize) * cg;
-                            let y = &mut self.y[at * m..][..m];
-                            if self.group == 1 {
-                                kern.axpy_taps(y, &self.w_taps, tap * m, &self.fired_here);
-                            } else {
-                                for &(row, dx) in &self.fired_here {
-                                    let g = row as usize / (kh * kw * cg);
-                                    let w0 = (row as usize + tap) * mg;
-                                    let yg = &mut y[g * mg..][..mg];
-                                    for (yv, wv) in yg.iter_mut().zip(&self.w_taps[w0..w0 + mg]) {
-                                        *yv += dx * wv;
-                                    }
-                                }
-                            }
-                            macs += (self.fired_here.len() * mg) as u64;
-                        }
-                    }
-                }
-            }
-        }
-        self.refresh_touched(kern);
-        self.last = DeltaStep { fired, macs, keyed: false };
-        Ok(self.last)
+        self.step_moved(x, max_fired, kern)
     }
 
-    /// The step of a one-group conv. The unit of compaction is the input position: every
-    /// position where some channel fired becomes one row of dx (the channels that did not fire
-    /// are 0 there, and keep their reference), and a chunk of such rows times the weights of
-    /// all taps is one GEMM, whose rows are then added into the outputs each tap reaches. The
-    /// work is proportional to the moved positions, at the GEMM kernel's speed.
-    fn step_one_group(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+    /// A delta step. One vectorised pass per channel plane finds the moved input positions;
+    /// then, for a one-group conv whose firing is dense within positions, every moved position
+    /// becomes one row of dx (the channels that did not fire are 0 there, and keep their
+    /// reference), and a chunk of such rows times the weights of all taps is one GEMM whose rows
+    /// are added into the outputs each tap reaches: work proportional to the moved positions, at
+    /// the GEMM kernel's speed. Otherwise (and for grouped convs) each moved position's fired
+    /// channels are scattered entry by entry.
+    fn step_moved(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
         match kern {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
-            Kernel::Avx512 => unsafe { self.step_one_group_avx512(x, max_fired, kern) },
+            Kernel::Avx512 => unsafe { self.step_moved_avx512(x, max_fired, kern) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Kernel::Avx2Fma => unsafe { self.step_one_group_avx2(x, max_fired, kern) },
-            _ => self.step_one_group_body(x, max_fired, kern),
+            Kernel::Avx2Fma => unsafe { self.step_moved_avx2(x, max_fired, kern) },
+            _ => self.step_moved_body(x, max_fired, kern),
         }
     }
 
     /// The scan, gather and row additions at 16 lanes.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn step_one_group_avx512(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
-        self.step_one_group_body(x, max_fired, kern)
+    unsafe fn step_moved_avx512(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        self.step_moved_body(x, max_fired, kern)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn step_one_group_avx2(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
-        self.step_one_group_body(x, max_fired, kern)
+    unsafe fn step_moved_avx2(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+        self.step_moved_body(x, max_fired, kern)
     }
 
     #[inline(always)]
-    fn step_one_group_body(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+    fn step_moved_body(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
         let [n, c, h, w] = self.x_shape;
         let [m, _, kh, kw] = self.w_shape;
         let [_, _, oh, ow] = self.out_shape;
@@ -447,7 +388,7 @@ impl DeltaConv2d {
             // A GEMM over whole positions does C / (fired per position) times the scatter's
             // multiply-adds, at several times its speed: it wins unless the firing is very
             // scattered across channels.
-            if self.positions.len() * c > GEMM_ADVANTAGE * firing {
+            if self.group > 1 || self.positions.len() * c > GEMM_ADVANTAGE * firing {
                 let (f, mc) = self.scatter_positions(b, x, kern);
                 fired += f;
                 macs += mc;
@@ -496,26 +437,34 @@ impl DeltaConv2d {
         Ok(self.last)
     }
 
-    /// The scatter of the moved positions of image `b`, entry by entry (four fired channels per
-    /// pass of the output row): (fired entries, multiply-adds).
+    /// The scatter of the moved positions of image `b`, entry by entry (four fired channels of a
+    /// group per pass of the group's output row): (fired entries, multiply-adds).
     fn scatter_positions(&mut self, b: usize, x: &[f32], kern: Kernel) -> (usize, u64) {
         let [_, c, h, w] = self.x_shape;
-        let [m, _, kh, kw] = self.w_shape;
+        let [m, cg, kh, kw] = self.w_shape;
         let [_, _, oh, ow] = self.out_shape;
-        let (hw, ohw) = (h * w, oh * ow);
+        let (hw, ohw, taps, mg) = (h * w, oh * ow, kh * kw, m / self.group);
+        // Where channel ci's weights for tap t start in `w_taps`: base(ci) + t * tap_stride.
+        // One group: [C, kH kW, M]; grouped: [group, kH kW, C/group, M/group].
+        let (one, tap_stride) = (self.group == 1, if self.group == 1 { m } else { cg * mg });
+        let base = |ci: usize| if one { ci * taps * m } else { ((ci / cg) * taps * cg + ci % cg) * mg };
         let xb = &x[b * c * hw..][..c * hw];
         let rb = &mut self.x_ref[b * c * hw..][..c * hw];
         let (mut fired, mut macs) = (0usize, 0u64);
         for &pos in &self.positions {
             let pos = pos as usize;
             self.fired_here.clear();
+            self.group_starts.clear();
             for (ci, &theta) in self.theta.iter().enumerate() {
                 let k = ci * hw + pos;
                 let dx = xb[k] - rb[k];
                 if fires(dx, theta) {
                     rb[k] = xb[k];
-                    // Offset of channel ci's row of M in tap 0 of the [C, kH * kW, M] weights.
-                    self.fired_here.push(((ci * kh * kw * m) as u32, dx));
+                    // Channels come in order, so each group's fired entries are one run.
+                    if self.group_starts.last().is_none_or(|&(g, _)| g != ci / cg) {
+                        self.group_starts.push((ci / cg, self.fired_here.len()));
+                    }
+                    self.fired_here.push((base(ci) as u32, dx));
                 }
             }
             fired += self.fired_here.len();
@@ -527,9 +476,13 @@ impl DeltaConv2d {
                         self.mark[at] = self.generation;
                         self.touched.push(at as u32);
                     }
-                    let tap = (i as usize * kw + j as usize) * m;
-                    kern.axpy_taps(&mut self.y[at * m..][..m], &self.w_taps, tap, &self.fired_here);
-                    macs += (self.fired_here.len() * m) as u64;
+                    let tap = (i as usize * kw + j as usize) * tap_stride;
+                    for (r, &(g, from)) in self.group_starts.iter().enumerate() {
+                        let to = self.group_starts.get(r + 1).map_or(self.fired_here.len(), |&(_, t)| t);
+                        let y = &mut self.y[at * m + g * mg..][..mg];
+                        kern.axpy_taps(y, &self.w_taps, tap, &self.fired_here[from..to]);
+                    }
+                    macs += (self.fired_here.len() * mg) as u64;
                 }
             }
         }
