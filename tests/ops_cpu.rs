@@ -1842,6 +1842,11 @@ fn delta_linear_tracks_the_dense_layer_and_theta_bounds_the_error() {
         delta.step(&moved).unwrap();
     });
     assert_eq!(allocs, 0, "a delta linear step allocated {allocs} times");
+    let allocs = allocations_during(|| {
+        delta.keyframe(&x).unwrap();
+    });
+    assert_eq!(allocs, 0, "a delta linear keyframe allocated {allocs} times");
+    assert_close("delta linear keyframe", delta.output(), &dense(&x));
 }
 
 #[test]

@@ -135,12 +135,9 @@ impl CpuExecutor {
                 let shape = &s.inputs[0].shape;
                 let c = shape.get(1).copied().unwrap_or(1).max(1);
                 let inner: usize = shape.iter().skip(2).product::<usize>().max(1);
-                let mut sums = vec![0.0f64; c];
-                for (i, &v) in x.iter().enumerate() {
-                    sums[(i / inner) % c] += v as f64 * v as f64;
-                }
-                let per = (x.len() / c).max(1) as f64;
-                (s.name.clone(), sums.iter().map(|t| (t / per).sqrt() as f32).collect())
+                let mut ms = vec![0.0f64; c];
+                super::delta::channel_mean_squares(x, inner, &mut ms);
+                (s.name.clone(), ms.iter().map(|t| t.sqrt() as f32).collect())
             })
             .collect()
     }

@@ -235,6 +235,18 @@ impl DeltaStats {
     }
 }
 
+/// The mean square of each channel of `x` (planes of `inner` values, channels cycling through
+/// `out.len()`, batches after channels) into `out`: the scale relative thresholds are set from.
+pub(crate) fn channel_mean_squares(x: &[f32], inner: usize, out: &mut [f64]) {
+    let c = out.len().max(1);
+    out.fill(0.0);
+    for (i, plane) in x.chunks(inner.max(1)).enumerate() {
+        out[i % c] += plane.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+    }
+    let per = (x.len() / c).max(1) as f64;
+    out.iter_mut().for_each(|v| *v /= per);
+}
+
 /// The delta state of one step.
 pub(crate) enum Layer {
     Conv(Box<ops::DeltaConv2d>),
@@ -396,17 +408,12 @@ impl DeltaMode {
         if let (true, Some(r)) = (step.keyed, self.opts.relative) {
             let mult = if self.reads_input[si] { r.t_camera } else { r.t };
             let (c, inner) = self.input_layout[si];
-            let x = layer.reference_input();
             let sums = &mut self.sums[..c];
-            sums.fill(0.0);
-            for (i, plane) in x.chunks(inner.max(1)).enumerate() {
-                sums[i % c] += plane.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
-            }
-            let per = (x.len() / c.max(1)).max(1) as f64;
-            let layer_rms = (sums.iter().sum::<f64>() / (per * c as f64)).sqrt();
+            channel_mean_squares(layer.reference_input(), inner, sums);
+            let layer_rms = (sums.iter().sum::<f64>() / c as f64).sqrt();
             let thetas = &mut self.thetas[..c];
-            for (t, &sum) in thetas.iter_mut().zip(sums.iter()) {
-                *t = ((sum / per).sqrt().max(0.1 * layer_rms) * mult as f64) as f32;
+            for (t, &ms) in thetas.iter_mut().zip(sums.iter()) {
+                *t = (ms.sqrt().max(0.1 * layer_rms) * mult as f64) as f32;
             }
             layer.set_thetas(thetas)?;
             s.theta = thetas.iter().sum::<f32>() / c.max(1) as f32;

@@ -600,26 +600,28 @@ impl DeltaLinear {
     /// The dense layer of `x`; both states restart from it.
     pub fn keyframe(&mut self, x: &[f32]) -> Result<&[f32]> {
         check_len("delta_linear", "input", x.len(), &[self.rows, self.k])?;
-        super::linear(x, &[self.rows, self.k], &self.w_rows(), &[self.n, self.k], self.bias.as_deref(), &mut self.y)?;
+        // The dense layer through the step's own kernel: every input as a fired entry against a
+        // zero reference, over the bias (W^T is what this layer keeps).
+        let kern = Kernel::current();
+        for r in 0..self.rows {
+            let y = &mut self.y[r * self.n..][..self.n];
+            match &self.bias {
+                Some(b) => y.copy_from_slice(b),
+                None => y.fill(0.0),
+            }
+            self.fired_here.clear();
+            self.fired_here
+                .extend(x[r * self.k..][..self.k].iter().enumerate().map(|(i, &v)| ((i * self.n) as u32, v)));
+            kern.axpy_taps(y, &self.w_t, 0, &self.fired_here);
+        }
         self.x_ref.copy_from_slice(x);
         self.keyed = true;
         self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true };
         Ok(&self.y)
     }
 
-    /// W back in [N, K] for the dense kernel (keyframes are rare; this allocates).
-    fn w_rows(&self) -> Vec<f32> {
-        let mut w = vec![0.0; self.n * self.k];
-        for i in 0..self.k {
-            for j in 0..self.n {
-                w[j * self.k + i] = self.w_t[i * self.n + j];
-            }
-        }
-        w
-    }
-
     /// Adds the fired part of `x - x_ref`; past `max_fired` fired inputs it runs dense instead.
-    /// Allocates nothing unless it runs dense.
+    /// Allocates nothing.
     pub fn step_bounded(&mut self, x: &[f32], max_fired: usize) -> Result<DeltaStep> {
         if !self.keyed {
             self.keyframe(x)?;

@@ -199,15 +199,6 @@ impl Detector {
         }
     }
 
-    /// Per delta layer: the RMS of its current reference input per input channel (empty when
-    /// not in delta mode).
-    pub fn delta_input_rms(&self) -> Vec<(String, Vec<f32>)> {
-        match &self.engine {
-            Engine::Cpu(e) => e.delta_input_rms(),
-            Engine::Gpu(_) => Vec::new(),
-        }
-    }
-
     /// Makes the next frame a keyframe (a new clip, a camera restart).
     pub fn reset_delta(&mut self) {
         match &mut self.engine {
