@@ -9,6 +9,8 @@
 
 pub mod backend;
 pub mod bench;
+pub mod board;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod exec;

@@ -45,6 +45,7 @@ fn map_matches_pycocotools_on_the_committed_fixture() {
                         class_id: d[0].as_u64().unwrap() as usize,
                         score: num(&d[1]),
                         box_xyxy: [num(&d[2]), num(&d[3]), num(&d[4]), num(&d[5])],
+                        anchor: 0,
                     }
                 })
                 .collect(),

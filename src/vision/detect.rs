@@ -9,12 +9,15 @@
 use super::preprocess::Letterbox;
 
 /// One detection in frame pixels.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Detection {
     pub class_id: usize,
     pub score: f32,
     /// x1, y1, x2, y2.
     pub box_xyxy: [f32; 4],
+    /// The head anchor that proposed it: its column of the head output holds every class's
+    /// probability (the conformal prediction sets need them all, not just the best).
+    pub anchor: usize,
 }
 
 /// Thresholds of [`decode`].
@@ -60,9 +63,35 @@ pub fn decode(
     frame: (usize, usize),
     o: &DecodeOptions,
 ) -> Vec<Detection> {
+    let mut out = Vec::new();
+    decode_into(output, nc, n, lb, frame, o, &mut DecodeScratch::default(), &mut out);
+    out
+}
+
+/// Candidate buffers for [`decode_into`]: once grown to the head's anchor count, decoding
+/// allocates nothing.
+#[derive(Clone, Debug, Default)]
+pub struct DecodeScratch {
+    cands: Vec<Detection>,
+    order: Vec<u32>,
+}
+
+/// [`decode`] into `out` (cleared first) through reusable buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_into(
+    output: &[f32],
+    nc: usize,
+    n: usize,
+    lb: &Letterbox,
+    frame: (usize, usize),
+    o: &DecodeOptions,
+    scratch: &mut DecodeScratch,
+    out: &mut Vec<Detection>,
+) {
     assert_eq!(output.len(), (4 + nc) * n, "head output is [4 + nc, n]");
     let row = |r: usize| &output[r * n..(r + 1) * n];
-    let mut cands: Vec<Detection> = Vec::new();
+    let cands = &mut scratch.cands;
+    cands.clear();
     for a in 0..n {
         let (mut best, mut score) = (0, f32::NEG_INFINITY);
         for c in 0..nc {
@@ -81,25 +110,35 @@ pub fn decode(
         let b = lb.unmap([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]);
         let (fw, fh) = (frame.0 as f32, frame.1 as f32);
         let b = [b[0].clamp(0.0, fw), b[1].clamp(0.0, fh), b[2].clamp(0.0, fw), b[3].clamp(0.0, fh)];
-        cands.push(Detection { class_id: best, score, box_xyxy: b });
+        cands.push(Detection { class_id: best, score, box_xyxy: b, anchor: a });
     }
-    nms(cands, o.iou, o.max_detections)
+    nms_into(cands, &mut scratch.order, o.iou, o.max_detections, out);
 }
 
 /// Greedy class-aware non-maximum suppression: best score first; a box is kept unless a kept box
 /// of the same class overlaps it by more than `iou_threshold`.
-pub fn nms(mut cands: Vec<Detection>, iou_threshold: f32, max_detections: usize) -> Vec<Detection> {
-    cands.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::new();
-    for d in cands {
-        if kept.len() >= max_detections {
+pub fn nms(cands: Vec<Detection>, iou_threshold: f32, max_detections: usize) -> Vec<Detection> {
+    let mut kept = Vec::new();
+    nms_into(&cands, &mut Vec::new(), iou_threshold, max_detections, &mut kept);
+    kept
+}
+
+/// [`nms`] into `kept` (cleared first). Ties in score keep the candidates' order, as a stable
+/// sort would, but through an unstable sort of indices, which needs no buffer of its own.
+fn nms_into(cands: &[Detection], order: &mut Vec<u32>, iou_threshold: f32, max: usize, kept: &mut Vec<Detection>) {
+    order.clear();
+    order.extend(0..cands.len() as u32);
+    order.sort_unstable_by(|&a, &b| cands[b as usize].score.total_cmp(&cands[a as usize].score).then(a.cmp(&b)));
+    kept.clear();
+    for &i in order.iter() {
+        if kept.len() >= max {
             break;
         }
+        let d = &cands[i as usize];
         if kept.iter().all(|k| k.class_id != d.class_id || iou(&k.box_xyxy, &d.box_xyxy) <= iou_threshold) {
-            kept.push(d);
+            kept.push(*d);
         }
     }
-    kept
 }
 
 #[cfg(test)]
@@ -108,7 +147,7 @@ mod tests {
 
     #[test]
     fn nms_keeps_the_best_of_overlapping_boxes_per_class() {
-        let d = |c, s, x| Detection { class_id: c, score: s, box_xyxy: [x, 0.0, x + 10.0, 10.0] };
+        let d = |c, s, x| Detection { class_id: c, score: s, box_xyxy: [x, 0.0, x + 10.0, 10.0], anchor: 0 };
         let kept = nms(vec![d(0, 0.5, 1.0), d(0, 0.9, 0.0), d(1, 0.8, 0.0), d(0, 0.7, 30.0)], 0.5, 10);
         assert_eq!(kept, vec![d(0, 0.9, 0.0), d(1, 0.8, 0.0), d(0, 0.7, 30.0)]);
         assert_eq!(nms(vec![d(0, 0.5, 0.0), d(0, 0.6, 50.0)], 0.5, 1).len(), 1);
@@ -129,6 +168,6 @@ mod tests {
             0.8, 0.2,       // class 1
         ];
         let dets = decode(&out, 2, 2, &lb, (200, 100), &DecodeOptions::default());
-        assert_eq!(dets, vec![Detection { class_id: 1, score: 0.8, box_xyxy: [80.0, 40.0, 120.0, 60.0] }]);
+        assert_eq!(dets, vec![Detection { class_id: 1, score: 0.8, box_xyxy: [80.0, 40.0, 120.0, 60.0], anchor: 0 }]);
     }
 }

@@ -15,9 +15,9 @@ use crate::exec::{CpuExecutor, DeltaOptions, DeltaStats, GpuExecutor};
 use crate::format::{Kpak, Verify};
 use crate::graph::Graph;
 
-use super::detect::{decode, DecodeOptions, Detection};
+use super::detect::{decode_into, DecodeOptions, DecodeScratch, Detection};
 use super::image::Image;
-use super::preprocess::letterbox_into;
+use super::preprocess::{letterbox_with, LetterboxScratch};
 
 /// Which camera an input reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub struct Detector {
     anchors: usize,
     buffers: Vec<Vec<f32>>,
     output: Vec<f32>,
+    letterbox: LetterboxScratch,
+    decode: DecodeScratch,
     metadata: Vec<(String, String)>,
     /// The model file (the GPU's delta mode reads its weights again).
     source: std::path::PathBuf,
@@ -156,6 +158,8 @@ impl Detector {
             anchors,
             buffers,
             output: vec![0.0; rows * anchors],
+            letterbox: LetterboxScratch::default(),
+            decode: DecodeScratch::default(),
             metadata: metadata.to_vec(),
             source: path.to_path_buf(),
             options: DecodeOptions::default(),
@@ -247,6 +251,31 @@ impl Detector {
     /// best first. A frame the model needs but did not get, frames of different sizes, or a frame
     /// with no pixels are errors.
     pub fn detect(&mut self, rgb: Option<&Image>, ir: Option<&Image>) -> Result<Vec<Detection>> {
+        let mut out = Vec::new();
+        self.detect_into(rgb, ir, &mut out)?;
+        Ok(out)
+    }
+
+    /// Whether the last frame's head output is all finite numbers. Decoding skips non-finite
+    /// anchors, so a corrupted run (a flipped exponent bit, a device fault) would otherwise look
+    /// like an empty scene, the most dangerous thing it could look like.
+    pub fn output_is_finite(&self) -> bool {
+        self.output.iter().all(|v| v.is_finite())
+    }
+
+    /// Every class's probability for a detection of the last frame (`out` holds one per class).
+    pub fn class_probs(&self, d: &Detection, out: &mut [f32]) {
+        let n = self.anchors;
+        for (c, p) in out.iter_mut().enumerate().take(self.classes.len()) {
+            *p = self.output[(4 + c) * n + d.anchor];
+        }
+    }
+
+    /// [`Detector::detect`] into `out` (cleared first). Once the buffers have grown to the
+    /// stream's frame sizes, a frame allocates nothing in kestrel's code (the control loop's
+    /// steady state).
+    pub fn detect_into(&mut self, rgb: Option<&Image>, ir: Option<&Image>, out: &mut Vec<Detection>) -> Result<()> {
+        out.clear();
         if let (Some(a), Some(b)) = (rgb, ir) {
             if self.needs(Modality::Rgb) && self.needs(Modality::Ir) && (a.width, a.height) != (b.width, b.height) {
                 return Err(Error::InvalidArgument {
@@ -269,7 +298,7 @@ impl Detector {
             if frame.width == 0 || frame.height == 0 {
                 return Err(Error::InvalidArgument { reason: format!("empty {} frame", spec.modality.name()) });
             }
-            let lb = letterbox_into(frame, spec.size, spec.channels, buf);
+            let lb = letterbox_with(frame, spec.size, spec.channels, buf, &mut self.letterbox);
             // Boxes are reported in the visible frame when the model reads one.
             if spec.modality == Modality::Rgb || placement.is_none() {
                 placement = Some((lb, (frame.width, frame.height)));
@@ -294,7 +323,9 @@ impl Detector {
                 e.read_output(ctx, 0, &mut self.output)?;
             }
         }
-        Ok(decode(&self.output, self.classes.len(), self.anchors, &lb, frame_size, &self.options))
+        let nc = self.classes.len();
+        decode_into(&self.output, nc, self.anchors, &lb, frame_size, &self.options, &mut self.decode, out);
+        Ok(())
     }
 }
 

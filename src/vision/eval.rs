@@ -179,7 +179,7 @@ mod tests {
     use super::*;
 
     fn det(c: usize, s: f32, b: [f32; 4]) -> Detection {
-        Detection { class_id: c, score: s, box_xyxy: b }
+        Detection { class_id: c, score: s, box_xyxy: b, anchor: 0 }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// Largest width or height accepted when reading: a hostile header cannot ask for more.
 pub const MAX_SIDE: u32 = 16384;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub width: usize,
     pub height: usize,
@@ -34,26 +34,49 @@ impl Image {
         self.data[(y * self.width + x) * self.channels + c]
     }
 
+    /// Makes this a `width` x `height` x `channels` image, reusing its buffer (no allocation when
+    /// it has held one this large before). The pixels are unspecified until written.
+    pub fn reshape(&mut self, width: usize, height: usize, channels: usize) {
+        (self.width, self.height, self.channels) = (width, height, channels);
+        self.data.resize(width * height * channels, 0);
+    }
+
     /// The image with 3 channels (gray replicated, as DEYOLO feeds infrared).
     pub fn to_rgb(&self) -> Image {
+        let mut out = Image::default();
+        self.rgb_into(&mut out);
+        out
+    }
+
+    /// [`Image::to_rgb`] into a reusable image.
+    pub fn rgb_into(&self, out: &mut Image) {
+        out.reshape(self.width, self.height, 3);
         if self.channels == 3 {
-            return self.clone();
+            out.data.copy_from_slice(&self.data);
+            return;
         }
-        let data = self.data.iter().flat_map(|&v| [v, v, v]).collect();
-        Image { width: self.width, height: self.height, channels: 3, data }
+        for (dst, &v) in out.data.chunks_exact_mut(3).zip(&self.data) {
+            dst.fill(v);
+        }
     }
 
     /// The image with 1 channel (ITU-R BT.601 luma of RGB).
     pub fn to_gray(&self) -> Image {
+        let mut out = Image::default();
+        self.gray_into(&mut out);
+        out
+    }
+
+    /// [`Image::to_gray`] into a reusable image.
+    pub fn gray_into(&self, out: &mut Image) {
+        out.reshape(self.width, self.height, 1);
         if self.channels == 1 {
-            return self.clone();
+            out.data.copy_from_slice(&self.data);
+            return;
         }
-        let data = self
-            .data
-            .chunks_exact(3)
-            .map(|p| ((299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32 + 500) / 1000) as u8)
-            .collect();
-        Image { width: self.width, height: self.height, channels: 1, data }
+        for (dst, p) in out.data.iter_mut().zip(self.data.chunks_exact(3)) {
+            *dst = ((299 * p[0] as u32 + 587 * p[1] as u32 + 114 * p[2] as u32 + 500) / 1000) as u8;
+        }
     }
 
     /// Writes a PNG (fast compression: datasets are written by the thousand).

@@ -48,17 +48,44 @@ impl Letterbox {
     }
 }
 
+/// Buffers for letterboxing a stream of frames: once they have grown to the stream's sizes,
+/// [`letterbox_with`] allocates nothing (the steady-state control loop relies on it).
+#[derive(Clone, Debug, Default)]
+pub struct LetterboxScratch {
+    converted: Image,
+    horizontal: Image,
+    resized: Image,
+}
+
 /// Letterboxes `img` into `out` ([channels, size, size] f32 in [0, 1]; `channels` 1 or 3, gray
 /// or RGB converted as needed). Returns the placement.
 pub fn letterbox_into(img: &Image, size: usize, channels: usize, out: &mut [f32]) -> Letterbox {
+    letterbox_with(img, size, channels, out, &mut LetterboxScratch::default())
+}
+
+/// [`letterbox_into`] with reusable buffers.
+pub fn letterbox_with(
+    img: &Image,
+    size: usize,
+    channels: usize,
+    out: &mut [f32],
+    scratch: &mut LetterboxScratch,
+) -> Letterbox {
+    let LetterboxScratch { converted, horizontal, resized } = scratch;
     let img = match (img.channels, channels) {
-        (3, 1) => img.to_gray(),
-        (1, 3) => img.to_rgb(),
-        _ => img.clone(),
+        (3, 1) => {
+            img.gray_into(converted);
+            &*converted
+        }
+        (1, 3) => {
+            img.rgb_into(converted);
+            &*converted
+        }
+        _ => img,
     };
     let lb = Letterbox::new(img.width, img.height, size);
     let (nw, nh) = lb.inner(img.width, img.height);
-    let resized = resize_bilinear(&img, nw, nh);
+    let resized = resize_with(img, nw, nh, horizontal, resized);
     let (dx, dy) = (lb.dx as usize, lb.dy as usize);
     let plane = size * size;
     out[..channels * plane].fill(PAD as f32 / 255.0);
@@ -74,20 +101,36 @@ pub fn letterbox_into(img: &Image, size: usize, channels: usize, out: &mut [f32]
 
 /// PIL-compatible bilinear resize (triangle filter, support scaled when shrinking).
 pub fn resize_bilinear(img: &Image, width: usize, height: usize) -> Image {
-    if width == img.width && height == img.height {
-        return img.clone();
-    }
-    let horizontal = pass(img, width, true);
-    pass(&horizontal, height, false)
+    let (mut horizontal, mut out) = (Image::default(), Image::default());
+    resize_with(img, width, height, &mut horizontal, &mut out).clone()
 }
 
-/// One separable pass along x (`along_x`) or y to `len` samples, rounded to 8 bits.
-fn pass(img: &Image, len: usize, along_x: bool) -> Image {
-    let (in_len, (w, h)) = if along_x { (img.width, (len, img.height)) } else { (img.height, (img.width, len)) };
-    if len == in_len {
-        return img.clone();
+/// [`resize_bilinear`] through reusable buffers; returns `img` itself when no pass is needed.
+fn resize_with<'a>(
+    img: &'a Image,
+    width: usize,
+    height: usize,
+    horizontal: &'a mut Image,
+    out: &'a mut Image,
+) -> &'a Image {
+    let img = if width == img.width {
+        img
+    } else {
+        pass_into(img, width, true, horizontal);
+        &*horizontal
+    };
+    if height == img.height {
+        return img;
     }
-    let mut out = Image::new(w, h, img.channels);
+    pass_into(img, height, false, out);
+    out
+}
+
+/// One separable pass along x (`along_x`) or y to `len` samples, rounded to 8 bits, into `out`.
+fn pass_into(img: &Image, len: usize, along_x: bool, out: &mut Image) {
+    let in_len = if along_x { img.width } else { img.height };
+    let (w, h) = if along_x { (len, img.height) } else { (img.width, len) };
+    out.reshape(w, h, img.channels);
     let scale = in_len as f64 / len as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale; // triangle support 1, widened when shrinking
@@ -95,19 +138,17 @@ fn pass(img: &Image, len: usize, along_x: bool) -> Image {
         let center = (o as f64 + 0.5) * scale;
         let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
         let hi = ((center + support + 0.5).floor() as usize).min(in_len);
-        let mut weights: Vec<f64> =
-            (lo..hi).map(|i| (1.0 - ((i as f64 + 0.5 - center) / filter_scale).abs()).max(0.0)).collect();
-        let total: f64 = weights.iter().sum();
-        if total > 0.0 {
-            weights.iter_mut().for_each(|v| *v /= total);
-        }
+        let weight = |i: usize| (1.0 - ((i as f64 + 0.5 - center) / filter_scale).abs()).max(0.0);
+        // Normalised weights, computed where they are used (no per-row table to allocate).
+        let total: f64 = (lo..hi).map(weight).sum();
+        let norm = if total > 0.0 { total } else { 1.0 };
         let other = if along_x { h } else { w };
         for q in 0..other {
             for c in 0..img.channels {
                 let mut acc = 0.0;
-                for (k, &wt) in weights.iter().enumerate() {
-                    let i = lo + k;
-                    acc += wt * if along_x { img.get(i, q, c) } else { img.get(q, i, c) } as f64;
+                for i in lo..hi {
+                    let px = if along_x { img.get(i, q, c) } else { img.get(q, i, c) };
+                    acc += weight(i) / norm * px as f64;
                 }
                 let v = acc.round().clamp(0.0, 255.0) as u8;
                 let (x, y) = if along_x { (o, q) } else { (q, o) };
@@ -115,5 +156,4 @@ fn pass(img: &Image, len: usize, along_x: bool) -> Image {
             }
         }
     }
-    out
 }

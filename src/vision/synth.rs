@@ -182,37 +182,9 @@ pub fn frame(opts: &SynthOptions, index: usize) -> Frame {
     let scene = scene(opts, clip, frame_in_clip);
     let mut rgb = Image::new(opts.width, opts.height, 3);
     let mut ir = Image::new(opts.width, opts.height, 1);
-    // Object id per RGB pixel (0: background), for occlusion: how much of each object shows.
     let mut shown = vec![0u32; scene.objects.len()];
-    let mut noise = SplitMix64::new(scene.noise_seed);
-    let rgb_noise = match scene.cond {
-        Condition::Night => 0.045,
-        Condition::Dusk => 0.02,
-        _ => 0.008,
-    };
-    // Fixed-pattern column offsets of the microbolometer.
-    let mut columns = SplitMix64::new(scene.noise_seed ^ 0x5eed);
-    let column_offset: Vec<f32> = (0..opts.width).map(|_| columns.normal() * 0.006).collect();
-    for y in 0..opts.height {
-        for (x, column) in column_offset.iter().enumerate() {
-            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-            let (color, id) = shade_rgb(&scene, px, py);
-            if let Some(i) = id {
-                shown[i] += 1;
-            }
-            let at = (y * opts.width + x) * 3;
-            for (dst, v) in rgb.data[at..at + 3].iter_mut().zip(color) {
-                *dst = to_u8(v + noise.normal() * rgb_noise);
-            }
-            // The IR camera sees the point that maps to this IR pixel.
-            let cx = opts.width as f32 / 2.0;
-            let cy = opts.height as f32 / 2.0;
-            let sx = (px - cx) * scene.ir_scale + cx + scene.ir_shift.0;
-            let sy = (py - cy) * scene.ir_scale + cy + scene.ir_shift.1;
-            let t = shade_ir(&scene, sx, sy) + noise.normal() * 0.012 + column;
-            ir.data[y * opts.width + x] = to_u8(t);
-        }
-    }
+    let column_offset = column_offsets(scene.noise_seed, opts.width);
+    render(&scene, &column_offset, &mut rgb, &mut ir, &mut shown);
     let mut labels = Vec::new();
     for (i, o) in scene.objects.iter().enumerate() {
         let Some(class) = class_of(o.kind) else { continue };
@@ -231,6 +203,45 @@ pub fn frame(opts: &SynthOptions, index: usize) -> Frame {
         condition: scene.cond,
         labels,
         clip: opts.sequence.filter(|&n| n > 0).map(|_| (clip, frame_in_clip)),
+    }
+}
+
+/// Fixed-pattern column offsets of the microbolometer.
+fn column_offsets(noise_seed: u64, width: usize) -> Vec<f32> {
+    let mut columns = SplitMix64::new(noise_seed ^ 0x5eed);
+    (0..width).map(|_| columns.normal() * 0.006).collect()
+}
+
+/// Shades every pixel of `scene` into `rgb` and `ir` (sized to the scene) and counts in `shown`
+/// (one per object, zeroed here) how many RGB pixels show each object, for occlusion.
+fn render(scene: &Scene, column_offset: &[f32], rgb: &mut Image, ir: &mut Image, shown: &mut [u32]) {
+    shown.fill(0);
+    let mut noise = SplitMix64::new(scene.noise_seed);
+    let rgb_noise = match scene.cond {
+        Condition::Night => 0.045,
+        Condition::Dusk => 0.02,
+        _ => 0.008,
+    };
+    let (width, height) = (scene.w, scene.h);
+    for y in 0..height {
+        for (x, column) in column_offset.iter().enumerate() {
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            let (color, id) = shade_rgb(scene, px, py);
+            if let Some(i) = id {
+                shown[i] += 1;
+            }
+            let at = (y * width + x) * 3;
+            for (dst, v) in rgb.data[at..at + 3].iter_mut().zip(color) {
+                *dst = to_u8(v + noise.normal() * rgb_noise);
+            }
+            // The IR camera sees the point that maps to this IR pixel.
+            let cx = width as f32 / 2.0;
+            let cy = height as f32 / 2.0;
+            let sx = (px - cx) * scene.ir_scale + cx + scene.ir_shift.0;
+            let sy = (py - cy) * scene.ir_scale + cy + scene.ir_shift.1;
+            let t = shade_ir(scene, sx, sy) + noise.normal() * 0.012 + column;
+            ir.data[y * width + x] = to_u8(t);
+        }
     }
 }
 
@@ -627,4 +638,125 @@ fn shade_ir(s: &Scene, x: f32, y: f32) -> f32 {
         return t * transmission + 0.4 * (1.0 - transmission);
     }
     t
+}
+
+/// One object a simulator places in the camera image: a labelled class (an index into
+/// [`CLASSES`]), its box in RGB pixels, and a seed for its look (colours, warmth, facing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ViewObject {
+    pub class: usize,
+    pub x0: f32,
+    pub y0: f32,
+    pub w: f32,
+    pub h: f32,
+    pub look: u64,
+}
+
+/// Renders frames for a simulator that places the objects itself (the control loop's built-in
+/// world): the look of the world (condition, ground, IR rig misregistration, fixed-pattern
+/// noise) is fixed at creation, the objects and the camera's heading change every frame.
+/// Rendering into images of the renderer's size allocates nothing.
+pub struct ViewRenderer {
+    scene: Scene,
+    column_offset: Vec<f32>,
+    shown: Vec<u32>,
+    noise_base: u64,
+}
+
+impl ViewRenderer {
+    /// Objects beyond this many in one frame are not drawn.
+    pub const MAX_OBJECTS: usize = 32;
+    /// The horizon's row as a fraction of the height (the simulator's camera pitch).
+    pub const HORIZON: f32 = 0.4;
+
+    pub fn new(width: usize, height: usize, condition: Condition, seed: u64) -> ViewRenderer {
+        let scene = Scene {
+            w: width,
+            h: height,
+            cond: condition,
+            horizon: 0.0,
+            pan: 0.0,
+            frame: 0.0,
+            ground: [0.0; 3],
+            texture_seed: 0,
+            objects: Vec::with_capacity(Self::MAX_OBJECTS),
+            ir_shift: (0.0, 0.0),
+            ir_scale: 1.0,
+            sun: (0.0, 0.0),
+            noise_seed: 0,
+        };
+        let mut v =
+            ViewRenderer { column_offset: vec![0.0; width], scene, shown: vec![0; Self::MAX_OBJECTS], noise_base: 0 };
+        v.reseed(condition, seed);
+        v
+    }
+
+    /// A new world look (the next episode) in the same buffers: allocates nothing.
+    pub fn reseed(&mut self, condition: Condition, seed: u64) {
+        let mut r = SplitMix64::new(seed ^ 0x7ee1_5eed);
+        let s = &mut self.scene;
+        let (w, h) = (s.w as f32, s.h as f32);
+        s.cond = condition;
+        s.horizon = h * Self::HORIZON;
+        s.ground = [[0.32, 0.32, 0.34], [0.28, 0.40, 0.22], [0.45, 0.40, 0.33]][r.below(3) as usize];
+        s.texture_seed = r.next_u64();
+        s.ir_shift = (r.uniform(-3.0, 3.0), r.uniform(-3.0, 3.0));
+        s.ir_scale = 1.0 + r.uniform(-0.02, 0.02);
+        s.sun = (r.uniform(0.1, 0.9) * w, s.horizon - r.uniform(0.0, 0.15) * h);
+        self.noise_base = r.next_u64();
+        let mut columns = SplitMix64::new(self.noise_base ^ 0x5eed);
+        self.column_offset.iter_mut().for_each(|c| *c = columns.normal() * 0.006);
+    }
+
+    pub fn size(&self) -> (usize, usize) {
+        (self.scene.w, self.scene.h)
+    }
+
+    pub fn condition(&self) -> Condition {
+        self.scene.cond
+    }
+
+    /// Draws `objects` (nearest last or first: they are sorted by their foot row) with the
+    /// world turned by `pan` pixels (the ground texture moves, the sky and sun stay) into `rgb`
+    /// (3 channels) and `ir` (1 channel), reshaped to the renderer's size. `frame` seeds the
+    /// sensor noise.
+    pub fn render(&mut self, objects: &[ViewObject], pan: f32, frame: u64, rgb: &mut Image, ir: &mut Image) {
+        let s = &mut self.scene;
+        s.objects.clear();
+        for o in objects.iter().take(Self::MAX_OBJECTS) {
+            let mut r = SplitMix64::new(o.look);
+            let palette = |r: &mut SplitMix64| [r.uniform(0.05, 0.95), r.uniform(0.05, 0.95), r.uniform(0.05, 0.95)];
+            let kind = match o.class {
+                0 => Kind::Person,
+                1 => Kind::Car,
+                _ => Kind::Bicycle,
+            };
+            let heat = match kind {
+                Kind::Car if r.below(2) == 0 => r.uniform(0.25, 0.4),
+                Kind::Car => 0.0,
+                _ => r.uniform(-0.05, 0.05),
+            };
+            s.objects.push(Object {
+                kind,
+                // Scene boxes are in world pixels; the pan moves them back into the image.
+                x0: o.x0 + pan,
+                y0: o.y0,
+                w: o.w.max(1.0),
+                h: o.h.max(1.0),
+                vx: 0.0,
+                color: palette(&mut r),
+                color2: palette(&mut r),
+                heat,
+                facing_left: r.below(2) == 0,
+            });
+        }
+        // Back to front; an unstable sort needs no buffer (ties are equal depths).
+        s.objects.sort_unstable_by(|a, b| (a.y0 + a.h).total_cmp(&(b.y0 + b.h)));
+        s.pan = pan;
+        s.noise_seed = self.noise_base ^ frame.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        rgb.reshape(s.w, s.h, 3);
+        ir.reshape(s.w, s.h, 1);
+        let n = s.objects.len();
+        render(s, &self.column_offset, rgb, ir, &mut self.shown[..n]);
+    }
 }

@@ -17,6 +17,7 @@ use kestrel::tensor::Scheme;
 use kestrel::tol::{rel_l2, Tol};
 use kestrel::{Error, Result};
 
+mod control;
 mod stream;
 mod vision;
 
@@ -296,6 +297,81 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the controller loop: camera pairs -> detector -> conformal verdicts -> policy ->
+    /// watchdog -> actions, at a fixed rate in the built-in world (paired RGB + thermal camera,
+    /// a target person to follow, others to avoid). Reports success, safe actions, deadline
+    /// misses and per-stage latency.
+    Loop {
+        /// Run in the built-in simulator (the only closed-loop source; on by default).
+        #[arg(long, default_value_t = true)]
+        sim: bool,
+        #[arg(long, default_value = "models/rgbir-fused.kpak")]
+        model: PathBuf,
+        /// A packed policy network, or `expert` for the scripted (privileged) controller.
+        #[arg(long, default_value = "models/policy.kpak")]
+        policy: String,
+        /// Control rate (default: the board's, else 30 Hz).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Simulated seconds to run (rate x seconds cycles).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// A board profile (`kestrel boards`): its rate, backend and threads.
+        #[arg(long)]
+        board: Option<String>,
+        /// Run perception here (default: the board's backend, else cpu).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        /// Do not keep the wall clock: run cycles back to back and wait for every frame.
+        #[arg(long)]
+        fast: bool,
+        /// Every episode under this condition (day, dusk, night, fog, glare).
+        #[arg(long)]
+        condition: Option<String>,
+        /// The safe action: stop, hold or hold:N (repeat the last good action N periods).
+        #[arg(long, default_value = "stop")]
+        safe: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write demonstrations (features.npy, actions.npy with the expert's labels,
+        /// episodes.npy) here, for tools/train_policy.py.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// Conformal calibration of a detector (PAPERS.md section 11): the class-set threshold
+    /// q-hat at level alpha and a label-free abstention threshold, stored in the model.
+    Calibrate {
+        #[arg(long)]
+        model: PathBuf,
+        /// A labelled dataset of pairs (e.g. from `kestrel synth`).
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value_t = 0.1)]
+        alpha: f64,
+        /// A second labelled dataset to report coverage on.
+        #[arg(long)]
+        holdout: Option<PathBuf>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write the calibrated model here instead of over --model.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gpu: GpuArgs,
+    },
+    /// List the board profiles.
+    Boards {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the demo model (models/demo-mlp.kpak) from its seed.
     DemoModel {
         #[arg(long, short)]
@@ -432,6 +508,51 @@ fn run(command: Command) -> Result<ExitCode> {
             let m = model_args(&model, BackendArg::Cpu, &GpuArgs::default())?;
             stream::calibrate_delta_cmd(&m, &sequence, max_drop, min_agreement, out.as_deref(), &delta, json)
         }
+        Command::Loop {
+            sim,
+            model,
+            policy,
+            rate,
+            seconds,
+            board,
+            backend,
+            fast,
+            condition,
+            safe,
+            seed,
+            record,
+            json,
+            gpu,
+        } => {
+            if !sim {
+                return Err(Error::InvalidArgument {
+                    reason: "the closed loop runs in the simulator (--sim); `detect --stream` replays recorded pairs"
+                        .into(),
+                });
+            }
+            let m = model_args(&model, backend.unwrap_or(BackendArg::Cpu), &gpu)?;
+            let args = control::LoopArgs {
+                model: &model,
+                policy: &policy,
+                rate,
+                seconds,
+                board: board.as_deref(),
+                gpu: backend.map(|b| matches!(b, BackendArg::Gpu)),
+                allow_software: m.allow_software,
+                fast,
+                condition: condition.as_deref(),
+                safe: &safe,
+                seed,
+                record: record.as_deref(),
+                json,
+            };
+            control::loop_cmd(&args)
+        }
+        Command::Calibrate { model, dataset, alpha, holdout, limit, out, backend, json, gpu } => {
+            let m = model_args(&model, backend, &gpu)?;
+            control::calibrate_cmd(&m, &dataset, alpha, holdout.as_deref(), limit, out.as_deref(), json)
+        }
+        Command::Boards { json } => control::boards_cmd(json),
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;
             println!("wrote {}", out.display());

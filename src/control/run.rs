@@ -1,0 +1,185 @@
+//! The closed loop in the built-in world: `kestrel loop --sim`.
+//!
+//! Each cycle: **read** the newest camera pair (rendered on the camera thread from the world
+//! as the last cycle left it), **perceive** (detector + conformal verdicts), **decide**
+//! (tracker, policy, watchdog), **act** (the world moves one period under the action, and the
+//! camera is asked for the next view). Stages are timed separately into HDR histograms; a
+//! cycle that ends past its deadline is a deadline miss, and the schedule skips the periods it
+//! ran over. In `realtime` mode the loop keeps the wall clock (sleeping to absolute deadlines,
+//! waiting for a frame only until half the period); otherwise it runs as fast as it can and
+//! waits for every frame (for recording demonstrations and measuring success rates quickly).
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+
+use super::action::{dim, Action};
+use super::controller::{Controller, FramePair, Policy};
+use super::schedule::{Schedule, SkipPolicy};
+use super::sim::{Outcome, SimOptions, World};
+use super::source::{CameraLink, Request, SimCamera};
+use super::stats::{Stage, StageLatency};
+use super::track::{RobotState, FEATURES};
+use super::watchdog::Unsafe;
+
+/// How to run the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopOptions {
+    pub rate_hz: f64,
+    /// Cycles to run (the last episode may be cut short and is then not counted).
+    pub cycles: u64,
+    pub realtime: bool,
+    /// The scripted expert drives (privileged: it reads the world) instead of the policy.
+    pub expert: bool,
+    pub sim: SimOptions,
+}
+
+/// Demonstrations: the policy's input and the expert's action, per cycle, with the episode.
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    pub features: Vec<f32>,
+    pub actions: Vec<f32>,
+    pub episodes: Vec<i32>,
+}
+
+impl Recording {
+    /// Room for `cycles` rows, so recording does not allocate inside the loop either.
+    pub fn with_capacity(cycles: usize) -> Recording {
+        Recording {
+            features: Vec::with_capacity(cycles * FEATURES),
+            actions: Vec::with_capacity(cycles * 7),
+            episodes: Vec::with_capacity(cycles),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.episodes.len()
+    }
+}
+
+/// What a run did.
+#[derive(Default)]
+pub struct LoopReport {
+    pub cycles: u64,
+    pub episodes: u64,
+    pub successes: u64,
+    pub collisions: u64,
+    pub timeouts: u64,
+    /// Cycles whose perception abstained (they got the safe action).
+    pub abstentions: u64,
+    pub safe_actions: u64,
+    pub safe_by_reason: [u64; 4],
+    pub deadline_misses: u64,
+    pub skipped_periods: u64,
+    /// Frame faults by kind (`FrameFault` order) and detector errors.
+    pub faults: [u64; 5],
+    pub detector_errors: u64,
+    pub latency: StageLatency,
+    /// Mean absolute difference between the action sent and the expert's (dx, dyaw), when a
+    /// policy drove.
+    pub expert_gap: [f64; 2],
+}
+
+impl LoopReport {
+    pub fn success_rate(&self) -> f64 {
+        self.successes as f64 / self.episodes.max(1) as f64
+    }
+}
+
+/// Runs the closed loop for `opts.cycles` cycles.
+pub fn run_sim(ctl: &mut Controller, opts: &LoopOptions, mut record: Option<&mut Recording>) -> Result<LoopReport> {
+    let (w, h) = (opts.sim.width, opts.sim.height);
+    let mut camera = CameraLink::spawn(SimCamera::new(w, h), w, h)?;
+    let period = Duration::from_secs_f64(1.0 / opts.rate_hz);
+    let mut sim = opts.sim;
+    sim.dt = period.as_secs_f32();
+    let mut report = LoopReport::default();
+    let mut episode = 0u64;
+    let mut world = World::new(sim, episode);
+    let mut seq = 1u64;
+    let request = |world: &mut World, seq: u64| {
+        let mut r = Request {
+            seq,
+            pan: world.pan(),
+            condition: world.condition,
+            look_seed: world.look_seed,
+            ..Default::default()
+        };
+        for o in world.view() {
+            let _ = r.objects.push(*o);
+        }
+        r
+    };
+    ctl.reset();
+    camera.request(request(&mut world, seq));
+    let mut schedule = Schedule::new(period, Instant::now(), SkipPolicy::Skip);
+    let mut gap = [0.0f64; 2];
+    let uses_expert = opts.expert || matches!(ctl.policy, Policy::External);
+    for _ in 0..opts.cycles {
+        let start = if opts.realtime { schedule.wait() } else { Instant::now() };
+        // Read: the answer to the last request, waiting at most half a period in real time.
+        let deadline = opts.realtime.then(|| start + period / 2);
+        let frame = camera.read(seq, deadline);
+        let t_read = Instant::now();
+        let pair = frame.map(|c| FramePair { rgb: &c.rgb, ir: &c.ir, rgb_time: c.rgb_time, ir_time: c.ir_time });
+        // Simulated frames are "captured" when rendered; in fast mode that is as good as now.
+        ctl.perceive(pair, if opts.realtime { t_read } else { frame.map_or(t_read, |c| c.rgb_time) });
+        let t_perceive = Instant::now();
+        let state = RobotState { speed: world.robot.speed, turn: world.robot.turn, gripper: world.robot.gripper };
+        let expert = world.expert();
+        let now = if opts.realtime { t_perceive } else { frame.map_or(t_perceive, |c| c.rgb_time) };
+        let decision = ctl.decide(&state, uses_expert.then_some(expert), now, sim.dt);
+        let t_decide = Instant::now();
+        if let Some(rec) = record.as_deref_mut() {
+            rec.features.extend_from_slice(ctl.features());
+            rec.actions.extend_from_slice(&expert.0);
+            rec.episodes.push(episode as i32);
+        }
+        if !uses_expert {
+            gap[0] += (decision.action.0[dim::DX] - expert.0[dim::DX]).abs() as f64;
+            gap[1] += (decision.action.0[dim::DYAW] - expert.0[dim::DYAW]).abs() as f64;
+        }
+        // Act: the world moves; the camera is asked for the view the next cycle will read.
+        world.step(&decision.action);
+        if world.outcome != Outcome::Running {
+            report.episodes += 1;
+            match world.outcome {
+                Outcome::Success => report.successes += 1,
+                Outcome::Collision => report.collisions += 1,
+                _ => report.timeouts += 1,
+            }
+            episode += 1;
+            world = World::new(sim, episode);
+            ctl.reset();
+        }
+        seq += 1;
+        camera.request(request(&mut world, seq));
+        let end = Instant::now();
+        report.cycles += 1;
+        report.abstentions += (decision.unsafe_reason == Some(Unsafe::Abstained)) as u64;
+        let lat = &mut report.latency;
+        lat.record(Stage::Read, t_read - start);
+        lat.record(Stage::Perceive, t_perceive - t_read);
+        lat.record(Stage::Decide, t_decide - t_perceive);
+        lat.record(Stage::Act, end - t_decide);
+        lat.record(Stage::Total, end - start);
+        if opts.realtime && !schedule.finish(start, end) {
+            report.deadline_misses += 1;
+        }
+    }
+    report.skipped_periods = schedule.skipped;
+    report.safe_by_reason = ctl.watchdog.counts;
+    report.safe_actions = ctl.watchdog.total();
+    report.faults = ctl.faults;
+    report.detector_errors = ctl.detector_errors;
+    let n = report.cycles.max(1) as f64;
+    report.expert_gap = [gap[0] / n, gap[1] / n];
+    Ok(report)
+}
+
+/// A recorded action row as an [`Action`] (for tests and tools).
+pub fn action_row(rec: &Recording, row: usize) -> Action {
+    let mut a = Action::STOP;
+    a.0.copy_from_slice(&rec.actions[row * 7..row * 7 + 7]);
+    a
+}
