@@ -10,10 +10,12 @@
 pub mod backend;
 pub mod bench;
 pub mod board;
+pub mod bundle;
 pub mod control;
 pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod ffi;
 pub mod format;
 pub mod graph;
 pub mod import;

@@ -173,13 +173,13 @@ impl Controller {
             });
         }
         Ok(Controller {
+            raw: Vec::with_capacity(detector.anchors()),
             detector,
             policy,
             conformal,
             watchdog: Watchdog::new(options.max_age, options.safe),
             options,
             tracker: Tracker::default(),
-            raw: Vec::with_capacity(MAX_DETECTIONS * 4),
             detections: heapless::Vec::new(),
             frame_size: (0, 0),
             perception: Perception::NoFrame,
@@ -213,6 +213,12 @@ impl Controller {
 
     pub fn features(&self) -> &[f32; FEATURES] {
         &self.features
+    }
+
+    /// Records a fault a source found in this period's frames (a NaN pixel in a float frame, a
+    /// camera that reported an error): the period fails safe.
+    pub fn reject(&mut self, fault: FrameFault) -> Perception {
+        self.refuse(fault)
     }
 
     fn refuse(&mut self, fault: FrameFault) -> Perception {
@@ -294,7 +300,8 @@ impl Controller {
                 perception = Perception::Abstained;
             }
             let usable = |i: usize| !self.detections[i].judgement.abstain;
-            features(state, self.tracker.since_seen(), &dets, usable, target, self.frame_size, &mut self.features);
+            let (since, last) = (self.tracker.since_seen(), self.tracker.last_seen());
+            features(state, since, last, &dets, usable, target, self.frame_size, &mut self.features);
         } else {
             // No new view: the tracker ages, the policy sees the last scene with the new state.
             self.tracker.update(&[], |_| false, self.frame_size, dt);

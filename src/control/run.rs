@@ -88,73 +88,120 @@ impl LoopReport {
 
 /// Runs the closed loop for `opts.cycles` cycles.
 pub fn run_sim(ctl: &mut Controller, opts: &LoopOptions, mut record: Option<&mut Recording>) -> Result<LoopReport> {
-    let (w, h) = (opts.sim.width, opts.sim.height);
-    let mut camera = CameraLink::spawn(SimCamera::new(w, h), w, h)?;
-    let period = Duration::from_secs_f64(1.0 / opts.rate_hz);
-    let mut sim = opts.sim;
-    sim.dt = period.as_secs_f32();
-    let mut report = LoopReport::default();
-    let mut episode = 0u64;
-    let mut world = World::new(sim, episode);
-    let mut seq = 1u64;
-    let request = |world: &mut World, seq: u64| {
+    let mut sim = SimLoop::new(ctl, opts)?;
+    for _ in 0..opts.cycles {
+        sim.cycle(ctl, record.as_deref_mut());
+    }
+    Ok(sim.finish(ctl))
+}
+
+/// The closed loop's state between cycles: the world, the camera thread, the schedule and
+/// the running report. Everything is made here; [`SimLoop::cycle`] allocates nothing once the
+/// first frames have grown the detector's buffers.
+pub struct SimLoop {
+    opts: LoopOptions,
+    camera: CameraLink,
+    period: Duration,
+    dt: f32,
+    sim: SimOptions,
+    world: World,
+    episode: u64,
+    seq: u64,
+    schedule: Schedule,
+    gap: [f64; 2],
+    uses_expert: bool,
+    pub report: LoopReport,
+}
+
+impl SimLoop {
+    pub fn new(ctl: &mut Controller, opts: &LoopOptions) -> Result<SimLoop> {
+        let (w, h) = (opts.sim.width, opts.sim.height);
+        let camera = CameraLink::spawn(SimCamera::new(w, h), w, h)?;
+        let period = Duration::from_secs_f64(1.0 / opts.rate_hz);
+        let mut sim = opts.sim;
+        sim.dt = period.as_secs_f32();
+        let world = World::new(sim, 0);
+        ctl.reset();
+        let mut l = SimLoop {
+            opts: *opts,
+            camera,
+            period,
+            dt: sim.dt,
+            sim,
+            world,
+            episode: 0,
+            seq: 1,
+            schedule: Schedule::new(period, Instant::now(), SkipPolicy::Skip),
+            gap: [0.0; 2],
+            uses_expert: opts.expert || matches!(ctl.policy, Policy::External),
+            report: LoopReport::default(),
+        };
+        l.request();
+        Ok(l)
+    }
+
+    /// Asks the camera for the view of the world as it is now.
+    fn request(&mut self) {
+        let w = &mut self.world;
         let mut r = Request {
-            seq,
-            pan: world.pan(),
-            condition: world.condition,
-            look_seed: world.look_seed,
+            seq: self.seq,
+            pan: w.pan(),
+            condition: w.condition,
+            look_seed: w.look_seed,
             ..Default::default()
         };
-        for o in world.view() {
+        for o in w.view() {
             let _ = r.objects.push(*o);
         }
-        r
-    };
-    ctl.reset();
-    camera.request(request(&mut world, seq));
-    let mut schedule = Schedule::new(period, Instant::now(), SkipPolicy::Skip);
-    let mut gap = [0.0f64; 2];
-    let uses_expert = opts.expert || matches!(ctl.policy, Policy::External);
-    for _ in 0..opts.cycles {
-        let start = if opts.realtime { schedule.wait() } else { Instant::now() };
+        self.camera.request(r);
+    }
+
+    /// One control cycle: read, perceive, decide, act.
+    pub fn cycle(&mut self, ctl: &mut Controller, record: Option<&mut Recording>) {
+        let realtime = self.opts.realtime;
+        let start = if realtime { self.schedule.wait() } else { Instant::now() };
         // Read: the answer to the last request, waiting at most half a period in real time.
-        let deadline = opts.realtime.then(|| start + period / 2);
-        let frame = camera.read(seq, deadline);
+        let deadline = realtime.then(|| start + self.period / 2);
+        let frame = self.camera.read(self.seq, deadline);
         let t_read = Instant::now();
         let pair = frame.map(|c| FramePair { rgb: &c.rgb, ir: &c.ir, rgb_time: c.rgb_time, ir_time: c.ir_time });
-        // Simulated frames are "captured" when rendered; in fast mode that is as good as now.
-        ctl.perceive(pair, if opts.realtime { t_read } else { frame.map_or(t_read, |c| c.rgb_time) });
+        // Fast mode does not keep the wall clock: a frame is as fresh as the cycle it answers.
+        let captured = frame.map_or(t_read, |c| c.rgb_time);
+        ctl.perceive(pair, if realtime { t_read } else { captured });
         let t_perceive = Instant::now();
-        let state = RobotState { speed: world.robot.speed, turn: world.robot.turn, gripper: world.robot.gripper };
-        let expert = world.expert();
-        let now = if opts.realtime { t_perceive } else { frame.map_or(t_perceive, |c| c.rgb_time) };
-        let decision = ctl.decide(&state, uses_expert.then_some(expert), now, sim.dt);
+        let w = &self.world;
+        let state = RobotState { speed: w.robot.speed, turn: w.robot.turn, gripper: w.robot.gripper };
+        let expert = w.expert();
+        let now = if realtime { t_perceive } else { captured };
+        let decision = ctl.decide(&state, self.uses_expert.then_some(expert), now, self.dt);
         let t_decide = Instant::now();
-        if let Some(rec) = record.as_deref_mut() {
+        if let Some(rec) = record {
             rec.features.extend_from_slice(ctl.features());
             rec.actions.extend_from_slice(&expert.0);
-            rec.episodes.push(episode as i32);
+            rec.episodes.push(self.episode as i32);
         }
-        if !uses_expert {
-            gap[0] += (decision.action.0[dim::DX] - expert.0[dim::DX]).abs() as f64;
-            gap[1] += (decision.action.0[dim::DYAW] - expert.0[dim::DYAW]).abs() as f64;
+        if !self.uses_expert {
+            self.gap[0] += (decision.action.0[dim::DX] - expert.0[dim::DX]).abs() as f64;
+            self.gap[1] += (decision.action.0[dim::DYAW] - expert.0[dim::DYAW]).abs() as f64;
         }
         // Act: the world moves; the camera is asked for the view the next cycle will read.
-        world.step(&decision.action);
-        if world.outcome != Outcome::Running {
+        self.world.step(&decision.action);
+        let report = &mut self.report;
+        if self.world.outcome != Outcome::Running {
             report.episodes += 1;
-            match world.outcome {
+            match self.world.outcome {
                 Outcome::Success => report.successes += 1,
                 Outcome::Collision => report.collisions += 1,
                 _ => report.timeouts += 1,
             }
-            episode += 1;
-            world = World::new(sim, episode);
+            self.episode += 1;
+            self.world = World::new(self.sim, self.episode);
             ctl.reset();
         }
-        seq += 1;
-        camera.request(request(&mut world, seq));
+        self.seq += 1;
+        self.request();
         let end = Instant::now();
+        let report = &mut self.report;
         report.cycles += 1;
         report.abstentions += (decision.unsafe_reason == Some(Unsafe::Abstained)) as u64;
         let lat = &mut report.latency;
@@ -163,18 +210,23 @@ pub fn run_sim(ctl: &mut Controller, opts: &LoopOptions, mut record: Option<&mut
         lat.record(Stage::Decide, t_decide - t_perceive);
         lat.record(Stage::Act, end - t_decide);
         lat.record(Stage::Total, end - start);
-        if opts.realtime && !schedule.finish(start, end) {
+        if realtime && !self.schedule.finish(start, end) {
             report.deadline_misses += 1;
         }
     }
-    report.skipped_periods = schedule.skipped;
-    report.safe_by_reason = ctl.watchdog.counts;
-    report.safe_actions = ctl.watchdog.total();
-    report.faults = ctl.faults;
-    report.detector_errors = ctl.detector_errors;
-    let n = report.cycles.max(1) as f64;
-    report.expert_gap = [gap[0] / n, gap[1] / n];
-    Ok(report)
+
+    /// Closes the run: the counters the controller kept go into the report.
+    pub fn finish(mut self, ctl: &Controller) -> LoopReport {
+        let mut report = std::mem::take(&mut self.report);
+        report.skipped_periods = self.schedule.skipped;
+        report.safe_by_reason = ctl.watchdog.counts;
+        report.safe_actions = ctl.watchdog.total();
+        report.faults = ctl.faults;
+        report.detector_errors = ctl.detector_errors;
+        let n = report.cycles.max(1) as f64;
+        report.expert_gap = [self.gap[0] / n, self.gap[1] / n];
+        report
+    }
 }
 
 /// A recorded action row as an [`Action`] (for tests and tools).

@@ -5,7 +5,9 @@
 //! - 0..4 robot state: forward speed / 1.5, turn rate / 1.5, gripper (0 or 1), seconds since
 //!   the target was last seen / 2 (at most 1);
 //! - 4..10 the target: present, box centre x in [-1, 1], box bottom / height, box height /
-//!   height, box width / width, score (all 0 when absent);
+//!   height, box width / width, score. When the target is not seen this frame but is still
+//!   remembered, present and score are 0 and the other four describe where it was last seen
+//!   (which way to turn to find it again); all 0 when there is no target at all;
 //! - 10..30 the 4 nearest other detections (largest bottom first), 5 each: present, centre x,
 //!   bottom, height, width (0 when absent).
 
@@ -41,6 +43,11 @@ impl Tracker {
 
     pub fn since_seen(&self) -> f32 {
         self.since_seen
+    }
+
+    /// The target's box when it was last seen, while it is still remembered.
+    pub fn last_seen(&self) -> Option<[f32; 4]> {
+        self.target
     }
 
     /// Finds the target among `dets` (only those `usable` says may be acted on) after `dt`
@@ -97,9 +104,11 @@ impl Tracker {
 }
 
 /// Writes the policy's input vector.
+#[allow(clippy::too_many_arguments)]
 pub fn features(
     state: &RobotState,
     since_seen: f32,
+    last_seen: Option<[f32; 4]>,
     dets: &[Detection],
     usable: impl Fn(usize) -> bool,
     target: Option<usize>,
@@ -112,17 +121,23 @@ pub fn features(
     out[1] = state.turn / 1.5;
     out[2] = state.gripper;
     out[3] = (since_seen / 2.0).min(1.0);
-    let describe = |d: &Detection, o: &mut [f32]| {
-        let b = d.box_xyxy;
+    let describe = |b: &[f32; 4], o: &mut [f32]| {
         o[0] = 1.0;
         o[1] = (b[0] + b[2]) / w - 1.0;
         o[2] = b[3] / h;
         o[3] = (b[3] - b[1]) / h;
         o[4] = (b[2] - b[0]) / w;
     };
-    if let Some(t) = target {
-        describe(&dets[t], &mut out[4..9]);
-        out[9] = dets[t].score;
+    match (target, last_seen) {
+        (Some(t), _) => {
+            describe(&dets[t].box_xyxy, &mut out[4..9]);
+            out[9] = dets[t].score;
+        }
+        (None, Some(b)) => {
+            describe(&b, &mut out[4..9]);
+            out[4] = 0.0;
+        }
+        (None, None) => {}
     }
     // The nearest others: the lowest foot rows, picked without sorting (no buffer).
     let mut taken = [usize::MAX; OTHERS];
@@ -134,7 +149,7 @@ pub fn features(
             .max_by(|a, b| a.1.box_xyxy[3].total_cmp(&b.1.box_xyxy[3]).then(b.0.cmp(&a.0)));
         let Some((i, d)) = next else { break };
         taken[slot] = i;
-        describe(d, &mut out[10 + 5 * slot..15 + 5 * slot]);
+        describe(&d.box_xyxy, &mut out[10 + 5 * slot..15 + 5 * slot]);
     }
 }
 
@@ -169,7 +184,7 @@ mod tests {
         assert_eq!(t.since_seen(), 0.5);
         let mut f = [0.0; FEATURES];
         let s = RobotState { speed: 0.75, turn: -0.3, gripper: 1.0 };
-        features(&s, 0.5, &next, |_| true, Some(1), frame, &mut f);
+        features(&s, 0.5, t.last_seen(), &next, |_| true, Some(1), frame, &mut f);
         assert_eq!(&f[..4], &[0.5, -0.2, 1.0, 0.25]);
         assert_eq!(f[4], 1.0);
         assert!((f[5] - (341.0 / 320.0 - 1.0)).abs() < 1e-6);
@@ -178,7 +193,11 @@ mod tests {
         assert_eq!(f[15], 1.0);
         assert!(f[20..].iter().all(|&v| v == 0.0));
         // Detections that may not be used are left out.
-        features(&s, 0.0, &next, |i| i != 0, Some(1), frame, &mut f);
+        features(&s, 0.0, None, &next, |i| i != 0, Some(1), frame, &mut f);
         assert_eq!(f[12], 180.0 / 240.0);
+        // Lost but remembered: not present, but where it was last seen.
+        features(&s, 0.5, t.last_seen(), &next[..1], |_| true, None, frame, &mut f);
+        assert_eq!((f[4], f[9]), (0.0, 0.0));
+        assert!((f[5] - (341.0 / 320.0 - 1.0)).abs() < 1e-6);
     }
 }

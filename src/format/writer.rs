@@ -161,6 +161,24 @@ impl KpakWriter {
         Ok(self)
     }
 
+    /// Replaces the stored matrix `name` with `m` (a different precision of the same weights).
+    pub fn replace_matrix(&mut self, name: &str, m: &PackedMatrix) -> Result<&mut Self> {
+        let at = self
+            .tensors
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| Error::TensorNotFound { name: name.into() })?;
+        let old = self.tensors.remove(at);
+        if let Err(e) = self.add_matrix(name, m) {
+            self.tensors.insert(at, old);
+            return Err(e);
+        }
+        // Keep the table's order: the new entry goes where the old one was.
+        let new = self.tensors.pop().expect("add_matrix pushed it");
+        self.tensors.insert(at, new);
+        Ok(self)
+    }
+
     /// Sets the model's graph. Its f32 constants must be added as tensors of the same names.
     pub fn graph(&mut self, g: &crate::graph::Graph) -> Result<&mut Self> {
         self.graph = Some(crate::graph::codec::encode(g)?);

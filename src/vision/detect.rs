@@ -76,6 +76,13 @@ pub struct DecodeScratch {
     order: Vec<u32>,
 }
 
+impl DecodeScratch {
+    /// Buffers for a head with `anchors` anchors: decoding never grows them.
+    pub fn with_capacity(anchors: usize) -> DecodeScratch {
+        DecodeScratch { cands: Vec::with_capacity(anchors), order: Vec::with_capacity(anchors) }
+    }
+}
+
 /// [`decode`] into `out` (cleared first) through reusable buffers.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_into(

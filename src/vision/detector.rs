@@ -159,7 +159,7 @@ impl Detector {
             buffers,
             output: vec![0.0; rows * anchors],
             letterbox: LetterboxScratch::default(),
-            decode: DecodeScratch::default(),
+            decode: DecodeScratch::with_capacity(anchors),
             metadata: metadata.to_vec(),
             source: path.to_path_buf(),
             options: DecodeOptions::default(),
@@ -261,6 +261,11 @@ impl Detector {
     /// like an empty scene, the most dangerous thing it could look like.
     pub fn output_is_finite(&self) -> bool {
         self.output.iter().all(|v| v.is_finite())
+    }
+
+    /// Anchors of the head: the most detections a frame can give.
+    pub fn anchors(&self) -> usize {
+        self.anchors
     }
 
     /// Every class's probability for a detection of the last frame (`out` holds one per class).

@@ -26,6 +26,14 @@ thread_local! {
 /// Allocations on every thread (for code that runs on worker threads too).
 static GLOBAL_ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Bytes held on the heap right now, on every thread (allocations minus frees).
+static LIVE_BYTES: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+/// Heap bytes held now, counted since the counting allocator was installed.
+pub fn live_bytes() -> isize {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Allocations made on any thread so far.
 pub fn global_allocs() -> usize {
     GLOBAL_ALLOCS.load(std::sync::atomic::Ordering::SeqCst)
@@ -44,17 +52,21 @@ fn note_alloc(size: usize) {
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_alloc(layout.size());
+        LIVE_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::SeqCst);
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_alloc(layout.size());
+        LIVE_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::SeqCst);
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note_alloc(new_size);
+        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, std::sync::atomic::Ordering::SeqCst);
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::SeqCst);
         System.dealloc(ptr, layout)
     }
 }

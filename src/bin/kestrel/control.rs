@@ -53,8 +53,13 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
     if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
         return Err(Error::InvalidArgument { reason: format!("--rate {rate}: need a rate in (0, 1000] Hz") });
     }
-    if !(a.seconds.is_finite() && a.seconds > 0.0) {
-        return Err(Error::InvalidArgument { reason: format!("--seconds {}: need a positive duration", a.seconds) });
+    if !(a.seconds.is_finite() && a.seconds >= 0.0) {
+        return Err(Error::InvalidArgument {
+            reason: format!("--seconds {}: need a duration (0: until stopped)", a.seconds),
+        });
+    }
+    if a.seconds == 0.0 && a.record.is_some() {
+        return Err(Error::InvalidArgument { reason: "--record needs a finite --seconds".into() });
     }
     let gpu = a.gpu.unwrap_or(board.as_ref().is_some_and(|b| b.uses_gpu()));
     if let Some(b) = &board {
@@ -71,7 +76,8 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
     let mut options = ControllerOptions::at_rate(rate);
     options.safe = safe;
     let mut ctl = Controller::new(detector, policy, options)?;
-    let cycles = (a.seconds * rate).round().max(1.0) as u64;
+    // 0 seconds: a service, running until it is stopped.
+    let cycles = if a.seconds == 0.0 { u64::MAX } else { (a.seconds * rate).round().max(1.0) as u64 };
     let opts = LoopOptions {
         rate_hz: rate,
         cycles,

@@ -17,6 +17,7 @@ use kestrel::tensor::Scheme;
 use kestrel::tol::{rel_l2, Tol};
 use kestrel::{Error, Result};
 
+mod bundle;
 mod control;
 mod stream;
 mod vision;
@@ -100,6 +101,9 @@ enum Command {
         /// Seed for the random data (default: from the clock, fresh every run).
         #[arg(long)]
         seed: Option<u64>,
+        /// First verify a bundle's files against its MANIFEST.sha256 (refuses a damaged bundle).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         #[command(flatten)]
         gpu: GpuArgs,
     },
@@ -367,6 +371,24 @@ enum Command {
         #[command(flatten)]
         gpu: GpuArgs,
     },
+    /// Make a deployable bundle for a board: the cross-compiled binary and library, the models
+    /// at the board's precision, the board profile, the C header, a systemd unit, a README and
+    /// a checksum manifest.
+    Bundle {
+        #[arg(long)]
+        board: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "models/rgbir-fused.kpak")]
+        model: PathBuf,
+        #[arg(long, default_value = "models/policy.kpak")]
+        policy: PathBuf,
+        /// Use the artifacts already in target/ instead of running cargo.
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the board profiles.
     Boards {
         #[arg(long)]
@@ -415,7 +437,14 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Info { file, json, bits } => info(&file, json, bits),
-        Command::Selftest { backend, json, model, bits, seed, gpu } => {
+        Command::Selftest { backend, json, model, bits, seed, bundle, gpu } => {
+            if let Some(dir) = bundle {
+                if !bundle::verify_bundle(&dir, json)? {
+                    return Err(Error::InvalidArgument {
+                        reason: format!("bundle {} does not match its manifest", dir.display()),
+                    });
+                }
+            }
             selftest_cmd(backend, json, model, bits, seed, &gpu)
         }
         Command::Bench {
@@ -553,6 +582,14 @@ fn run(command: Command) -> Result<ExitCode> {
             control::calibrate_cmd(&m, &dataset, alpha, holdout.as_deref(), limit, out.as_deref(), json)
         }
         Command::Boards { json } => control::boards_cmd(json),
+        Command::Bundle { board, out, model, policy, no_build, json } => bundle::bundle_cmd(&bundle::BundleArgs {
+            board: &board,
+            out: &out,
+            model: &model,
+            policy: &policy,
+            no_build,
+            json,
+        }),
         Command::DemoModel { out, seed } => {
             kestrel::demo::build_demo_model(seed)?.write(&out)?;
             println!("wrote {}", out.display());
