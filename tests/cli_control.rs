@@ -56,6 +56,28 @@ fn bad_loop_arguments_are_refused_by_name() {
 }
 
 #[test]
+fn bench_takes_a_board_too() {
+    let r = json(&kestrel(&[
+        "bench",
+        "gemv",
+        "--weights",
+        "q8",
+        "--n",
+        "256",
+        "--k",
+        "256",
+        "--runs",
+        "3",
+        "--board",
+        "cpu-only",
+        "--json",
+    ]));
+    assert_eq!(r["backend"], "cpu");
+    let out = kestrel(&["bench", "gemv", "--board", "jetson-nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jetson-nope"));
+}
+
+#[test]
 fn boards_lists_every_shipped_profile() {
     let r = json(&kestrel(&["boards", "--json"]));
     let names: Vec<&str> = r["boards"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();

@@ -133,8 +133,9 @@ enum Command {
         /// Activation rows (GEMM only).
         #[arg(long, default_value_t = 64)]
         m: usize,
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendArg,
+        /// Where to run (default: the board's backend with --board, else cpu).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// GPU reduction (default: subgroup where the device has it).
@@ -155,6 +156,9 @@ enum Command {
         /// CPU worker threads for model benchmarks (default: every core).
         #[arg(long)]
         threads: Option<usize>,
+        /// A board profile (`kestrel boards`): its backend and worker threads.
+        #[arg(long)]
+        board: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -466,11 +470,17 @@ fn run(command: Command) -> Result<ExitCode> {
             profile,
             top,
             threads,
+            board,
             gpu,
         } => {
-            if let Some(t) = threads {
+            let board = board.as_deref().map(kestrel::board::Board::load).transpose()?;
+            if let Some(t) = threads.or(board.as_ref().map(|b| b.runtime.threads as usize)) {
                 kestrel::ops::set_max_threads(t.max(1));
             }
+            let backend = backend.unwrap_or(match &board {
+                Some(b) if b.uses_gpu() => BackendArg::Gpu,
+                _ => BackendArg::Cpu,
+            });
             if kind == "attention" {
                 return bench_attention_cmd(attention, tokens, dim, heads, backend, runs, json, &gpu);
             }
