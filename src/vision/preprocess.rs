@@ -126,6 +126,9 @@ fn resize_with<'a>(
     out
 }
 
+/// Filter taps held on the stack per output sample (a 30x downscale needs about 61).
+const MAX_TAPS: usize = 64;
+
 /// One separable pass along x (`along_x`) or y to `len` samples, rounded to 8 bits, into `out`.
 fn pass_into(img: &Image, len: usize, along_x: bool, out: &mut Image) {
     let in_len = if along_x { img.width } else { img.height };
@@ -139,16 +142,25 @@ fn pass_into(img: &Image, len: usize, along_x: bool, out: &mut Image) {
         let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
         let hi = ((center + support + 0.5).floor() as usize).min(in_len);
         let weight = |i: usize| (1.0 - ((i as f64 + 0.5 - center) / filter_scale).abs()).max(0.0);
-        // Normalised weights, computed where they are used (no per-row table to allocate).
         let total: f64 = (lo..hi).map(weight).sum();
         let norm = if total > 0.0 { total } else { 1.0 };
+        // The normalised taps of this output, on the stack (no table to allocate); shrinking by
+        // more than 30x has more taps than fit, and computes them where they are used.
+        let mut taps = [0.0f64; MAX_TAPS];
+        let tabled = hi - lo <= MAX_TAPS;
+        if tabled {
+            for (t, i) in taps.iter_mut().zip(lo..hi) {
+                *t = weight(i) / norm;
+            }
+        }
         let other = if along_x { h } else { w };
         for q in 0..other {
             for c in 0..img.channels {
                 let mut acc = 0.0;
                 for i in lo..hi {
                     let px = if along_x { img.get(i, q, c) } else { img.get(q, i, c) };
-                    acc += weight(i) / norm * px as f64;
+                    let wt = if tabled { taps[i - lo] } else { weight(i) / norm };
+                    acc += wt * px as f64;
                 }
                 let v = acc.round().clamp(0.0, 255.0) as u8;
                 let (x, y) = if along_x { (o, q) } else { (q, o) };
