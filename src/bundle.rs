@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::Board;
 use crate::error::{Error, Result};
+pub use crate::format::write_atomic;
 use crate::format::{Kpak, KpakWriter, Verify};
 use crate::tensor::Scheme;
 
@@ -98,25 +99,6 @@ pub fn verify_manifest(dir: &Path) -> Result<Vec<ManifestProblem>> {
         }
     }
     Ok(problems)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename: a crash leaves the old file
-/// or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 /// Copies a file atomically (keeping the executable bit).

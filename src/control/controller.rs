@@ -286,7 +286,8 @@ impl Controller {
             for j in &self.detections {
                 let _ = dets.push(j.detection);
             }
-            let usable = |i: usize| !self.detections[i].judgement.abstain;
+            let detections = &self.detections;
+            let usable = |i: usize| !detections[i].judgement.abstain;
             target = self.tracker.update(&dets, usable, self.frame_size, dt);
             // Unsure about what matters: the target (or a person the tracker would have taken
             // for it), or anything close to the robot.
@@ -299,7 +300,6 @@ impl Controller {
             if unsure {
                 perception = Perception::Abstained;
             }
-            let usable = |i: usize| !self.detections[i].judgement.abstain;
             let (since, last) = (self.tracker.since_seen(), self.tracker.last_seen());
             features(state, since, last, &dets, usable, target, self.frame_size, &mut self.features);
         } else {

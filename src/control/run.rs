@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 
-use super::action::{dim, Action};
+use super::action::dim;
 use super::controller::{Controller, FramePair, Policy};
 use super::schedule::{Schedule, SkipPolicy};
 use super::sim::{Outcome, SimOptions, World};
@@ -227,11 +227,4 @@ impl SimLoop {
         report.expert_gap = [self.gap[0] / n, self.gap[1] / n];
         report
     }
-}
-
-/// A recorded action row as an [`Action`] (for tests and tools).
-pub fn action_row(rec: &Recording, row: usize) -> Action {
-    let mut a = Action::STOP;
-    a.0.copy_from_slice(&rec.actions[row * 7..row * 7 + 7]);
-    a
 }

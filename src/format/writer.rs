@@ -2,7 +2,6 @@
 //! 256-byte boundary, and computes every checksum; a file it writes always passes full
 //! verification.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::*;
@@ -321,19 +320,6 @@ impl KpakWriter {
     /// Writes the file atomically: to a temporary file beside `path`, synced, then renamed over
     /// it, so a crash never leaves a half-written model.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes();
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        super::write_atomic(path, &self.to_bytes())
     }
 }
