@@ -147,11 +147,22 @@ pub enum Error {
 
     #[error("dataset {}: {reason}", path.display())]
     Dataset { path: PathBuf, reason: String },
+
+    // ---- cameras ----
+    /// A camera device that cannot be used or stopped delivering frames (`device` is its path).
+    #[error("camera {device}: {reason}")]
+    Camera { device: String, reason: String },
 }
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// A fault of the GPU itself (lost device, exhausted memory, a rejected submission) rather
+    /// than of the input: the controller answers it by moving perception to the CPU.
+    pub fn is_device_fault(&self) -> bool {
+        matches!(self, Error::DeviceLost { .. } | Error::GpuOutOfMemory { .. } | Error::GpuValidation { .. })
     }
 
     pub(crate) fn malformed(section: &'static str, offset: u64, reason: impl Into<String>) -> Self {

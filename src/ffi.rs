@@ -117,7 +117,7 @@ fn set_error(msg: &str) {
 
 fn status_of(e: &Error) -> KestrelStatus {
     match e {
-        Error::Io { .. } | Error::Image { .. } => KestrelStatus::Io,
+        Error::Io { .. } | Error::Image { .. } | Error::Camera { .. } => KestrelStatus::Io,
         Error::InvalidArgument { .. } | Error::ShapeMismatch { .. } => KestrelStatus::InvalidArgument,
         Error::Unsupported { .. } | Error::UnsupportedOps { .. } => KestrelStatus::Unsupported,
         Error::NoAdapter { .. }

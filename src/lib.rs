@@ -17,6 +17,8 @@ pub mod error;
 pub mod exec;
 pub mod ffi;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod import;
 pub mod npy;

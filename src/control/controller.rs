@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::exec::CpuExecutor;
 use crate::format::{Kpak, Verify};
 use crate::vision::detect::Detection;
-use crate::vision::detector::Detector;
+use crate::vision::detector::{Detector, Device};
 use crate::vision::image::Image;
 
 use super::action::{Action, SafeAction, ACTION_DIM};
@@ -29,6 +29,18 @@ use super::watchdog::{Perception, Unsafe, Watchdog};
 pub const MAX_DETECTIONS: usize = 64;
 /// Most classes a detector may have for the conformal sets.
 const MAX_CLASSES: usize = 32;
+/// After a CPU fallback failed (the model file unreadable, say), the wait before the next try.
+pub const FALLBACK_RETRY: Duration = Duration::from_secs(1);
+
+/// Moving perception off a faulted GPU.
+enum Fallback {
+    /// Perception runs where it was loaded.
+    Idle,
+    /// The CPU detector is being loaded on its own thread; periods fail safe meanwhile.
+    Loading(std::thread::JoinHandle<Result<Detector>>),
+    /// The last load failed; the next starts at this time.
+    RetryAt(Instant),
+}
 
 /// A frame pair as the loop receives it: capture times on one clock.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +91,9 @@ pub struct ControllerOptions {
     /// Abstain when a detection whose foot is below this fraction of the frame height (close
     /// to the robot) is unsure, as well as when the target is.
     pub near_bottom: f32,
+    /// On a GPU fault (a lost device, exhausted memory, a rejected submission), load the model
+    /// again on the CPU, on a background thread, while the periods in between fail safe.
+    pub cpu_fallback: bool,
 }
 
 impl ControllerOptions {
@@ -90,6 +105,7 @@ impl ControllerOptions {
             max_skew: period / 2,
             safe: SafeAction::Stop,
             near_bottom: 0.8,
+            cpu_fallback: true,
         }
     }
 }
@@ -162,6 +178,10 @@ pub struct Controller {
     /// Frame faults seen, by kind (in [`FrameFault`] order), and detector errors.
     pub faults: [u64; 5],
     pub detector_errors: u64,
+    fallback: Fallback,
+    /// Times perception moved to the CPU after a GPU fault, and loads that failed.
+    pub backend_switches: u64,
+    pub fallback_failures: u64,
 }
 
 impl Controller {
@@ -188,6 +208,9 @@ impl Controller {
             last_perceived: None,
             faults: [0; 5],
             detector_errors: 0,
+            fallback: Fallback::Idle,
+            backend_switches: 0,
+            fallback_failures: 0,
         })
     }
 
@@ -247,12 +270,18 @@ impl Controller {
         if !sized(f.rgb) || !sized(f.ir) || (f.rgb.width, f.rgb.height) != (f.ir.width, f.ir.height) {
             return self.refuse(FrameFault::SizeMismatch);
         }
+        if self.perception_down(now) {
+            return self.fail();
+        }
         if let Err(e) = self.detector.detect_into(Some(f.rgb), Some(f.ir), &mut self.raw) {
-            log::warn!("perception failed: {e}");
             self.detector_errors += 1;
-            self.detections.clear();
-            self.perception = Perception::Failed;
-            return self.perception;
+            if self.options.cpu_fallback && e.is_device_fault() && self.detector.gpu_context().is_some() {
+                log::error!("GPU perception failed ({e}): loading the model on the CPU");
+                self.start_fallback(now);
+            } else {
+                log::warn!("perception failed: {e}");
+            }
+            return self.fail();
         }
         if !self.detector.output_is_finite() {
             return self.refuse(FrameFault::NonFinite);
@@ -274,6 +303,72 @@ impl Controller {
         self.last_perceived = Some(now);
         self.perception = Perception::Fresh;
         self.perception
+    }
+
+    fn fail(&mut self) -> Perception {
+        self.detections.clear();
+        self.perception = Perception::Failed;
+        self.perception
+    }
+
+    /// Whether the backend is out of service this period: a CPU fallback is loading, or waiting
+    /// to be tried again. A finished load is swapped in here (the swap is the only heap work,
+    /// once per fault).
+    fn perception_down(&mut self, now: Instant) -> bool {
+        match &self.fallback {
+            Fallback::Idle => false,
+            Fallback::Loading(h) if !h.is_finished() => true,
+            Fallback::RetryAt(t) => {
+                if now >= *t {
+                    self.start_fallback(now);
+                }
+                true
+            }
+            Fallback::Loading(_) => {
+                let Fallback::Loading(h) = std::mem::replace(&mut self.fallback, Fallback::Idle) else {
+                    unreachable!("matched above")
+                };
+                let loaded = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Unsupported { what: "the CPU fallback's loader panicked".into() }));
+                match loaded {
+                    Ok(mut cpu) => {
+                        cpu.options = self.detector.options;
+                        self.raw = Vec::with_capacity(cpu.anchors());
+                        self.detector = cpu;
+                        self.backend_switches += 1;
+                        log::warn!("perception moved to the CPU");
+                        false
+                    }
+                    Err(e) => {
+                        log::error!("CPU fallback failed: {e}; trying again in {FALLBACK_RETRY:?}");
+                        self.fallback_failures += 1;
+                        self.fallback = Fallback::RetryAt(now + FALLBACK_RETRY);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_fallback(&mut self, now: Instant) {
+        let path = self.detector.source().to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("kestrel-fallback".into())
+            .spawn(move || Detector::open(&path, Device::Cpu));
+        self.fallback = match spawned {
+            Ok(h) => Fallback::Loading(h),
+            Err(e) => {
+                log::error!("CPU fallback: no thread ({e})");
+                self.fallback_failures += 1;
+                Fallback::RetryAt(now + FALLBACK_RETRY)
+            }
+        };
+    }
+
+    /// Whether perception runs on the GPU now.
+    pub fn on_gpu(&self) -> bool {
+        self.detector.gpu_context().is_some()
     }
 
     /// The decide stage: tracks the target, runs the policy (or takes the `external` proposal

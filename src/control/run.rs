@@ -74,6 +74,10 @@ pub struct LoopReport {
     /// Frame faults by kind (`FrameFault` order) and detector errors.
     pub faults: [u64; 5],
     pub detector_errors: u64,
+    /// Errors the camera thread reported (the frames they cost count as missing).
+    pub camera_errors: u64,
+    /// Times perception moved from a faulted GPU to the CPU.
+    pub backend_switches: u64,
     pub latency: StageLatency,
     /// Mean absolute difference between the action sent and the expert's (dx, dyaw), when a
     /// policy drove.
@@ -110,7 +114,11 @@ pub struct SimLoop {
     schedule: Schedule,
     gap: [f64; 2],
     uses_expert: bool,
+    t0: Instant,
     pub report: LoopReport,
+    /// The same stage latencies as the report's, for the caller to read and reset per window
+    /// (a soak run's stability over hours).
+    pub window: StageLatency,
 }
 
 impl SimLoop {
@@ -134,8 +142,11 @@ impl SimLoop {
             schedule: Schedule::new(period, Instant::now(), SkipPolicy::Skip),
             gap: [0.0; 2],
             uses_expert: opts.expert || matches!(ctl.policy, Policy::External),
+            t0: Instant::now(),
             report: LoopReport::default(),
+            window: StageLatency::default(),
         };
+        l.t0 = l.schedule.next_start();
         l.request();
         Ok(l)
     }
@@ -204,15 +215,34 @@ impl SimLoop {
         let report = &mut self.report;
         report.cycles += 1;
         report.abstentions += (decision.unsafe_reason == Some(Unsafe::Abstained)) as u64;
-        let lat = &mut report.latency;
-        lat.record(Stage::Read, t_read - start);
-        lat.record(Stage::Perceive, t_perceive - t_read);
-        lat.record(Stage::Decide, t_decide - t_perceive);
-        lat.record(Stage::Act, end - t_decide);
-        lat.record(Stage::Total, end - start);
+        for lat in [&mut report.latency, &mut self.window] {
+            lat.record(Stage::Read, t_read - start);
+            lat.record(Stage::Perceive, t_perceive - t_read);
+            lat.record(Stage::Decide, t_decide - t_perceive);
+            lat.record(Stage::Act, end - t_decide);
+            lat.record(Stage::Total, end - start);
+        }
         if realtime && !self.schedule.finish(start, end) {
             report.deadline_misses += 1;
         }
+    }
+
+    /// Where the wall clock is against the loop's grid, in milliseconds: now minus the first
+    /// start plus one period per cycle run or skipped (the next cycle's planned start). With
+    /// absolute deadlines it stays within (-period, 0] between cycles however long the loop
+    /// runs; a loop that slept a period after its work would fall behind by the work's time
+    /// every cycle, and this would grow without bound. Real time only.
+    pub fn drift_ms(&self) -> f64 {
+        let periods = (self.report.cycles + self.schedule.skipped) as u32;
+        let planned = self.t0 + self.period * periods;
+        let now = Instant::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        ms(now.saturating_duration_since(planned)) - ms(planned.saturating_duration_since(now))
+    }
+
+    /// Cycles run so far.
+    pub fn cycles(&self) -> u64 {
+        self.report.cycles
     }
 
     /// Closes the run: the counters the controller kept go into the report.
@@ -223,6 +253,8 @@ impl SimLoop {
         report.safe_actions = ctl.watchdog.total();
         report.faults = ctl.faults;
         report.detector_errors = ctl.detector_errors;
+        report.camera_errors = self.camera.errors();
+        report.backend_switches = ctl.backend_switches;
         let n = report.cycles.max(1) as f64;
         report.expert_gap = [self.gap[0] / n, self.gap[1] / n];
         report

@@ -74,3 +74,16 @@ impl StageLatency {
         self.hist.iter_mut().for_each(|h| h.reset());
     }
 }
+
+/// The process's resident memory in bytes (Linux: /proc/self/statm), for soak runs. `None`
+/// where the platform does not say. Reads a small file: not for the steady-state cycle.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    #[cfg(unix)]
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    #[cfg(not(unix))]
+    let page = 4096;
+    Some(pages * u64::try_from(page).ok()?)
+}

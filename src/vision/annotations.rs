@@ -141,6 +141,14 @@ impl Annotation {
             path: path.to_path_buf(),
             reason: format!("line {line}: {reason}"),
         };
+        // Found by fuzzing: a 0-pixel side made every box degenerate, and writing the labels
+        // back divided by it.
+        if width == 0 || height == 0 {
+            return Err(Error::Annotation {
+                path: path.to_path_buf(),
+                reason: format!("image size {width}x{height}: YOLO boxes are relative to a non-empty image"),
+            });
+        }
         let mut labels = Vec::new();
         for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
             if line.is_empty() {
@@ -209,6 +217,16 @@ fn elements<'a>(text: &'a str, tag: &'a str) -> impl Iterator<Item = &'a str> + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yolo_labels_of_an_empty_image_are_refused() {
+        // The input the YOLO fuzz target crashed on (fuzz/regressions/yolo/): height 0.
+        let names = ["person".to_string()];
+        for (w, h) in [(47, 0), (0, 240), (0, 0)] {
+            let err = Annotation::from_yolo("0 0.5 0.5 0.2 0.2\n", Path::new("a.txt"), w, h, &names).unwrap_err();
+            assert!(err.to_string().contains("non-empty image"), "{err}");
+        }
+    }
 
     fn sample() -> Annotation {
         Annotation {

@@ -263,6 +263,20 @@ impl Detector {
         self.output.iter().all(|v| v.is_finite())
     }
 
+    /// The GPU context the detector runs on (`None` on the CPU): for fault tests, which
+    /// destroy its device to simulate a lost GPU.
+    pub fn gpu_context(&self) -> Option<&GpuContext> {
+        match &self.engine {
+            Engine::Gpu(g) => Some(&g.0),
+            Engine::Cpu(_) => None,
+        }
+    }
+
+    /// The model file the detector was loaded from (a fallback loads it again).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
     /// Anchors of the head: the most detections a frame can give.
     pub fn anchors(&self) -> usize {
         self.anchors

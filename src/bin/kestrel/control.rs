@@ -1,7 +1,7 @@
 //! `kestrel loop`, `kestrel calibrate` and `kestrel boards`: the controller loop in the built-in
 //! world, the conformal calibration of a detector, and the board profiles.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,8 +9,10 @@ use serde_json::{json, Value};
 
 use kestrel::board::Board;
 use kestrel::control::conformal::{match_detections, Conformal, Scored, KEY_CALIBRATION};
-use kestrel::control::run::{run_sim, LoopOptions, Recording};
+use kestrel::control::live::{run_camera, LiveOptions};
+use kestrel::control::run::{run_sim, LoopOptions, Recording, SimLoop};
 use kestrel::control::sim::SimOptions;
+use kestrel::control::source::DirCamera;
 use kestrel::control::stats::Stage;
 use kestrel::control::watchdog::Unsafe;
 use kestrel::control::{Controller, ControllerOptions, FrameFault, Policy, SafeAction};
@@ -38,6 +40,67 @@ pub struct LoopArgs<'a> {
     pub seed: u64,
     pub record: Option<&'a Path>,
     pub json: bool,
+    pub source: Source,
+    pub actions: Option<&'a Path>,
+    pub windows: u32,
+}
+
+/// Where `kestrel loop` gets its frames.
+pub enum Source {
+    /// The built-in world (closed loop).
+    Sim,
+    /// A folder of pairs, replayed once (open loop).
+    Frames(PathBuf),
+    /// Two V4L2 devices, "VISIBLE,THERMAL", at a requested "WxH".
+    V4l2 { devices: String, size: String },
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Sim => "sim".into(),
+            Source::Frames(dir) => format!("frames:{}", dir.display()),
+            Source::V4l2 { devices, .. } => format!("v4l2:{devices}"),
+        }
+    }
+}
+
+/// Decisions as CSV lines (the BufWriter is made before the loop, so writing allocates nothing).
+struct ActionLog(Option<Box<dyn std::io::Write>>);
+
+impl ActionLog {
+    fn open(path: Option<&Path>) -> Result<ActionLog> {
+        let Some(path) = path else { return Ok(ActionLog(None)) };
+        let out: Box<dyn std::io::Write> = if path == Path::new("-") {
+            Box::new(std::io::BufWriter::new(std::io::stdout()))
+        } else {
+            let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+            Box::new(std::io::BufWriter::new(f))
+        };
+        let mut log = ActionLog(Some(out));
+        if let Some(w) = &mut log.0 {
+            writeln!(w, "cycle,dx,dy,dz,droll,dpitch,dyaw,gripper,verdict").map_err(|e| Error::io(path, e))?;
+        }
+        Ok(log)
+    }
+
+    fn write(&mut self, cycle: u64, d: &kestrel::control::Decision) {
+        let Some(w) = &mut self.0 else { return };
+        let a = &d.action.0;
+        let verdict = d.unsafe_reason.map_or("ok", |u| u.name());
+        // A full disk or a closed pipe must not stop the loop: the robot still gets its action.
+        let _ = writeln!(
+            w,
+            "{cycle},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{verdict}",
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6]
+        );
+    }
+
+    fn finish(&mut self) {
+        if let Some(w) = &mut self.0 {
+            let _ = w.flush();
+        }
+    }
 }
 
 fn parse_condition(s: &str) -> Result<Condition> {
@@ -85,15 +148,59 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
         expert,
         sim: SimOptions { condition, seed: a.seed, ..SimOptions::default() },
     };
+    let closed = matches!(a.source, Source::Sim);
+    if !closed && (expert || a.record.is_some()) {
+        return Err(Error::InvalidArgument {
+            reason: "the expert and --record need the simulator's world: use them with --sim".into(),
+        });
+    }
+    if a.windows > 0 && (!closed || a.seconds == 0.0) {
+        return Err(Error::InvalidArgument { reason: "--windows needs --sim and a finite --seconds".into() });
+    }
+    if closed && a.actions.is_some() {
+        return Err(Error::InvalidArgument {
+            reason: "--actions streams open-loop decisions: use it with --frames or --v4l2".into(),
+        });
+    }
     let mut recording = a.record.map(|_| Recording::with_capacity(cycles as usize));
     let tty = std::io::stderr().is_terminal() && !a.json;
     if tty {
         eprintln!(
-            "running {cycles} cycles at {rate} Hz ({})",
+            "running {} cycles at {rate} Hz on {} ({})",
+            if cycles == u64::MAX { "unbounded".to_string() } else { cycles.to_string() },
+            a.source.name(),
             if a.fast { "as fast as possible" } else { "real time" }
         );
     }
-    let report = run_sim(&mut ctl, &opts, recording.as_mut())?;
+    let mut actions = ActionLog::open(a.actions)?;
+    let mut windows = Vec::new();
+    let live = LiveOptions { rate_hz: rate, cycles, realtime: !a.fast };
+    let mut sink = |cycle: u64, d: &kestrel::control::Decision| actions.write(cycle, d);
+    let report = match &a.source {
+        Source::Sim if a.windows > 0 => {
+            let mut sim = SimLoop::new(&mut ctl, &opts)?;
+            let per = (cycles / a.windows as u64).max(1);
+            for w in 0..a.windows {
+                for _ in 0..per {
+                    sim.cycle(&mut ctl, recording.as_mut());
+                }
+                let row = window_row(w, &sim);
+                if !a.json {
+                    print_window(&row);
+                }
+                windows.push(row);
+                sim.window.reset();
+            }
+            sim.finish(&ctl)
+        }
+        Source::Sim => run_sim(&mut ctl, &opts, recording.as_mut())?,
+        Source::Frames(dir) => run_camera(&mut ctl, DirCamera::open(dir, false)?, (320, 240), &live, &mut sink)?,
+        Source::V4l2 { devices, size } => {
+            let (w, h) = crate::vision::parse_size(size)?;
+            run_camera(&mut ctl, v4l2_camera(devices, w, h)?, (w, h), &live, &mut sink)?
+        }
+    };
+    actions.finish();
     if let (Some(dir), Some(rec)) = (a.record, &recording) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let n = rec.rows();
@@ -118,9 +225,10 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
         faults.iter().map(|f| (f.name().to_string(), json!(report.faults[*f as usize]))).collect();
     let budget = board.as_ref().map(|b| b.runtime.latency_budget_ms);
     let out = json!({
+        "source": a.source.name(),
         "cycles": report.cycles,
         "episodes": report.episodes,
-        "success_rate": report.success_rate(),
+        "success_rate": closed.then(|| report.success_rate()),
         "successes": report.successes,
         "collisions": report.collisions,
         "timeouts": report.timeouts,
@@ -131,6 +239,8 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
         "skipped_periods": report.skipped_periods,
         "frame_faults": faults,
         "detector_errors": report.detector_errors,
+        "camera_errors": report.camera_errors,
+        "backend_switches": report.backend_switches,
         "latency_ms": latency,
         "rate_hz": rate,
         "realtime": !a.fast,
@@ -143,18 +253,30 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
         "condition": condition.map(|c| c.name()),
         "expert_gap": {"dx": report.expert_gap[0], "dyaw": report.expert_gap[1]},
         "recorded_rows": recording.as_ref().map(|r| r.rows()),
+        "windows": (a.windows > 0).then_some(windows),
     });
     if a.json {
         println!("{out}");
     } else {
-        println!(
-            "{} cycles, {} episodes: success rate {:.3} ({} collisions, {} timeouts)",
-            report.cycles,
-            report.episodes,
-            report.success_rate(),
-            report.collisions,
-            report.timeouts
-        );
+        if closed {
+            println!(
+                "{} cycles, {} episodes: success rate {:.3} ({} collisions, {} timeouts)",
+                report.cycles,
+                report.episodes,
+                report.success_rate(),
+                report.collisions,
+                report.timeouts
+            );
+        } else {
+            println!(
+                "{} cycles on {} ({} camera errors, {} detector errors, {} backend switches)",
+                report.cycles,
+                a.source.name(),
+                report.camera_errors,
+                report.detector_errors,
+                report.backend_switches
+            );
+        }
         println!(
             "safe actions {} (abstained {}, stale {}, failed {}), deadline misses {}",
             report.safe_actions,
@@ -169,6 +291,55 @@ pub fn loop_cmd(a: &LoopArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One soak window: its stage percentiles, then the state of the process at its end.
+fn window_row(index: u32, sim: &SimLoop) -> Value {
+    let pct = |s: Stage| {
+        let p = sim.window.percentiles(s);
+        json!({"p50": p.p50, "p99": p.p99, "max": p.max})
+    };
+    json!({
+        "window": index,
+        "cycles": sim.cycles(),
+        "total": pct(Stage::Total),
+        "perceive": pct(Stage::Perceive),
+        "deadline_misses": sim.report.deadline_misses,
+        "drift_ms": sim.drift_ms(),
+        "rss_mib": kestrel::control::stats::resident_bytes().map(|b| b as f64 / (1 << 20) as f64),
+    })
+}
+
+fn print_window(r: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "window {:>3}  cycles {:>7}  total p50 {:6.2} p99 {:6.2} max {:7.2} ms  misses {:>5}  drift {:+7.2} ms  rss {:7.1} MiB",
+        r["window"],
+        r["cycles"],
+        f(&r["total"]["p50"]),
+        f(&r["total"]["p99"]),
+        f(&r["total"]["max"]),
+        r["deadline_misses"],
+        f(&r["drift_ms"]),
+        f(&r["rss_mib"]),
+    );
+}
+
+#[cfg(all(feature = "v4l2", target_os = "linux"))]
+fn v4l2_camera(devices: &str, width: usize, height: usize) -> Result<kestrel::control::v4l2::V4l2Camera> {
+    let Some((visible, thermal)) = devices.split_once(',') else {
+        return Err(Error::InvalidArgument { reason: format!("--v4l2 {devices:?}: expected VISIBLE,THERMAL") });
+    };
+    kestrel::control::v4l2::V4l2Camera::open(Path::new(visible), Path::new(thermal), width as u32, height as u32)
+}
+
+#[cfg(not(all(feature = "v4l2", target_os = "linux")))]
+fn v4l2_camera(devices: &str, _: usize, _: usize) -> Result<kestrel::control::source::SimCamera> {
+    Err(Error::Unsupported {
+        what: format!(
+            "--v4l2 {devices}: this kestrel was built without the v4l2 feature (cargo build --features v4l2)"
+        ),
+    })
 }
 
 /// Detections of every labelled pair in `dir`, matched to the labels.

@@ -310,9 +310,28 @@ enum Command {
     /// a target person to follow, others to avoid). Reports success, safe actions, deadline
     /// misses and per-stage latency.
     Loop {
-        /// Run in the built-in simulator (the only closed-loop source; on by default).
+        /// Run in the built-in simulator (the default source, and the only closed-loop one).
         #[arg(long, default_value_t = true)]
         sim: bool,
+        /// Open loop on a folder of visible/infrared pairs (LLVIP or `kestrel synth` layout),
+        /// replayed once at the loop's rate (as fast as possible with --fast).
+        #[arg(long, conflicts_with = "v4l2")]
+        frames: Option<PathBuf>,
+        /// Open loop on two V4L2 cameras, VISIBLE,THERMAL (e.g. /dev/video0,/dev/video2);
+        /// needs a build with `--features v4l2`.
+        #[arg(long)]
+        v4l2: Option<String>,
+        /// Capture size asked of the V4L2 cameras (the driver may pick the nearest).
+        #[arg(long, default_value = "640x480")]
+        size: String,
+        /// Split the run into this many windows and report each one's latency percentiles,
+        /// resident memory, deadline misses and clock drift (soak runs; --sim only).
+        #[arg(long, default_value_t = 0)]
+        windows: u32,
+        /// Write every decision here as CSV (cycle, the 7 action values, the safe-action
+        /// reason or "ok"); `-` for standard output.
+        #[arg(long)]
+        actions: Option<PathBuf>,
         #[arg(long, default_value = "models/rgbir-fused.kpak")]
         model: PathBuf,
         /// A packed policy network, or `expert` for the scripted (privileged) controller.
@@ -549,6 +568,11 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Loop {
             sim,
+            frames,
+            v4l2,
+            size,
+            actions,
+            windows,
             model,
             policy,
             rate,
@@ -563,12 +587,16 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
             gpu,
         } => {
-            if !sim {
-                return Err(Error::InvalidArgument {
-                    reason: "the closed loop runs in the simulator (--sim); `detect --stream` replays recorded pairs"
-                        .into(),
-                });
-            }
+            let source = match (frames, v4l2) {
+                (Some(dir), _) => control::Source::Frames(dir),
+                (None, Some(devices)) => control::Source::V4l2 { devices, size },
+                (None, None) if sim => control::Source::Sim,
+                (None, None) => {
+                    return Err(Error::InvalidArgument {
+                        reason: "no frame source: --sim (the default), --frames DIR or --v4l2 VISIBLE,THERMAL".into(),
+                    })
+                }
+            };
             let m = model_args(&model, backend.unwrap_or(BackendArg::Cpu), &gpu)?;
             let args = control::LoopArgs {
                 model: &model,
@@ -584,6 +612,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 seed,
                 record: record.as_deref(),
                 json,
+                source,
+                actions: actions.as_deref(),
+                windows,
             };
             control::loop_cmd(&args)
         }
