@@ -58,6 +58,7 @@ const ACT_LEAKY_RELU: u32 = 7u;
 const ACT_HARD_SIGMOID: u32 = 8u;
 const ACT_HARD_SWISH: u32 = 9u;
 const ACT_CLIP: u32 = 10u;
+const ACT_CLIPPED_SILU: u32 = 11u;
 
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
@@ -97,6 +98,15 @@ fn act(a: Act, v: f32, ch: u32) -> f32 {
                 t = load(SLOT_AUX, a.clip_off + ch);
             }
             y = select(0.0, v, v > 0.0 && v <= t);
+        }
+        case ACT_CLIPPED_SILU: {
+            var t = a.alpha;
+            if a.clip_off != NO_TABLE {
+                t = load(SLOT_AUX, a.clip_off + ch);
+            }
+            let s = v * sigmoid(v);
+            // `s <= t` is false for NaN: a corrupted value goes to 0 as in the CPU twin.
+            y = select(0.0, s, s <= t);
         }
         case ACT_LEAKY_RELU: { y = select(a.alpha * v, v, v >= 0.0); }
         case ACT_HARD_SIGMOID: { y = clamp(a.alpha * v + a.beta, 0.0, 1.0); }

@@ -15,6 +15,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod faults;
 pub mod ffi;
 pub mod format;
 #[doc(hidden)]

@@ -174,6 +174,8 @@ fn all_activations(rng: &mut SplitMix64, channels: usize) -> Vec<Activation> {
         Activation::Gelu,
         Activation::ClippedRelu(ClipThreshold::PerLayer(rng.uniform(0.5, 2.0))),
         Activation::ClippedRelu(ClipThreshold::PerChannel((0..channels).map(|_| rng.uniform(0.2, 2.5)).collect())),
+        Activation::ClippedSilu(ClipThreshold::PerLayer(rng.uniform(0.5, 2.0))),
+        Activation::ClippedSilu(ClipThreshold::PerChannel((0..channels).map(|_| rng.uniform(0.2, 2.5)).collect())),
         Activation::LeakyRelu { alpha: rng.uniform(0.01, 0.3) },
         Activation::HardSigmoid { alpha: rng.uniform(0.1, 0.3), beta: rng.uniform(0.4, 0.6) },
         Activation::HardSwish,

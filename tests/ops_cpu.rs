@@ -172,6 +172,18 @@ fn act64(act: &Activation, x: f64, channel: usize) -> f64 {
                 0.0
             }
         }
+        Activation::ClippedSilu(t) => {
+            let t = match t {
+                ClipThreshold::PerLayer(t) => *t as f64,
+                ClipThreshold::PerChannel(ts) => ts[channel] as f64,
+            };
+            let y = x / (1.0 + (-x).exp());
+            if y <= t {
+                y
+            } else {
+                0.0
+            }
+        }
         Activation::LeakyRelu { alpha } => {
             if x >= 0.0 {
                 x
@@ -1249,6 +1261,8 @@ fn activations_match_twins() {
         Activation::Gelu,
         Activation::ClippedRelu(ClipThreshold::PerLayer(1.5)),
         Activation::ClippedRelu(ClipThreshold::PerChannel(vec![0.5, 1.0, 2.0])),
+        Activation::ClippedSilu(ClipThreshold::PerLayer(1.5)),
+        Activation::ClippedSilu(ClipThreshold::PerChannel(vec![0.5, 1.0, 2.0])),
         Activation::LeakyRelu { alpha: 0.01 },
         Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Activation::HardSwish,

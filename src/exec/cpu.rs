@@ -23,6 +23,10 @@ pub struct CpuExecutor {
     profile: Vec<f64>,
     /// Stream state when running in delta mode (see [`CpuExecutor::enable_delta`]).
     delta: Option<Box<DeltaMode>>,
+    /// Per step: the largest value of each output channel since
+    /// [`CpuExecutor::record_activation_max`] (empty when off, or for steps without a ReLU or
+    /// SiLU): the statistics `kestrel calibrate-clip` sets ProAct thresholds from.
+    act_max: Vec<Vec<f32>>,
 }
 
 impl CpuExecutor {
@@ -52,6 +56,7 @@ impl CpuExecutor {
             plan: p.plan,
             profile: Vec::new(),
             delta: None,
+            act_max: Vec::new(),
         })
     }
 
@@ -139,6 +144,43 @@ impl CpuExecutor {
                 super::delta::channel_mean_squares(x, inner, &mut ms);
                 (s.name.clone(), ms.iter().map(|t| t.sqrt() as f32).collect())
             })
+            .collect()
+    }
+
+    /// Starts (or stops) recording the largest value of each output channel of every ReLU or
+    /// SiLU step (fused into a conv or on its own), over the runs that follow.
+    pub fn record_activation_max(&mut self, on: bool) {
+        let clippable = |a: &ops::Activation| {
+            use ops::Activation::*;
+            matches!(a, Relu | Silu | ClippedRelu(_) | ClippedSilu(_))
+        };
+        self.act_max = if on {
+            self.steps
+                .iter()
+                .map(|s| match &s.kind {
+                    Kind::Conv(p) if clippable(&p.activation) => Some(()),
+                    Kind::Act(a) if clippable(a) => Some(()),
+                    _ => None,
+                })
+                .zip(&self.steps)
+                .map(|(c, s)| match c {
+                    Some(()) => vec![f32::NEG_INFINITY; s.outputs[0].shape.get(1).copied().unwrap_or(1).max(1)],
+                    None => Vec::new(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// (step name, largest value per output channel) recorded since
+    /// [`CpuExecutor::record_activation_max`].
+    pub fn activation_max(&self) -> Vec<(String, Vec<f32>)> {
+        self.steps
+            .iter()
+            .zip(&self.act_max)
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(s, m)| (s.name.clone(), m.clone()))
             .collect()
     }
 
@@ -344,6 +386,22 @@ impl CpuExecutor {
                 op: step.kind.name().into(),
                 reason: e.to_string(),
             })?;
+            if let Some(max) = self.act_max.get_mut(si).filter(|m| !m.is_empty()) {
+                let o = &o[0];
+                let y = match o.loc {
+                    // SAFETY: as `put`: the step's output range, read after the step wrote it.
+                    Loc::Arena(off) => unsafe { std::slice::from_raw_parts(base.add(off), o.len) },
+                    _ => unreachable!("node outputs are planned into the arena"),
+                };
+                let c = max.len();
+                let inner = (o.len / o.shape.first().copied().unwrap_or(1).max(1) / c).max(1);
+                for (i, &v) in y.iter().enumerate() {
+                    let ch = (i / inner) % c;
+                    if v > max[ch] {
+                        max[ch] = v;
+                    }
+                }
+            }
             if let Some(t) = started {
                 self.profile[si] += t.elapsed().as_secs_f64();
             }

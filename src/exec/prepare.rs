@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::graph::infer::{slice_spec, window_params, Window};
 use crate::graph::plan::{plan_activation_memory, MemoryPlan};
 use crate::graph::{ConstData, Graph, Node, ValueId};
-use crate::ops::{self, Activation, BinaryOp, Conv2d, Pool2d};
+use crate::ops::{self, Activation, BinaryOp, ClipThreshold, Conv2d, Pool2d};
 
 /// Most inputs of a Concat and outputs of a Split a step handles without allocating.
 pub(crate) const MAX_FANOUT: usize = 32;
@@ -119,12 +119,29 @@ fn node_err(node: &Node, reason: impl Into<String>) -> Error {
 }
 
 fn act_from_attr(node: &Node) -> Result<Activation> {
-    Ok(match node.string("activation", "none")? {
+    let act = match node.string("activation", "none")? {
         "none" => Activation::None,
         "relu" => Activation::Relu,
         "sigmoid" => Activation::Sigmoid,
         "silu" => Activation::Silu,
         other => return Err(node_err(node, format!("unknown fused activation '{other}'"))),
+    };
+    clipped(node, act)
+}
+
+/// `act` with the ProAct clip thresholds the node carries (`kestrel calibrate-clip`): the
+/// per-channel `clip_channels` where present, else the per-layer `clip`.
+fn clipped(node: &Node, act: Activation) -> Result<Activation> {
+    let threshold = match (node.attr(crate::graph::clip::ATTR_CHANNELS), node.attr(crate::graph::clip::ATTR_LAYER)) {
+        (Some(crate::graph::Attr::Floats(t)), _) => ClipThreshold::PerChannel(t.clone()),
+        (None, Some(crate::graph::Attr::Float(t))) => ClipThreshold::PerLayer(*t),
+        (None, None) => return Ok(act),
+        (c, l) => return Err(node_err(node, format!("clip thresholds of the wrong type: {c:?} {l:?}"))),
+    };
+    Ok(match act {
+        Activation::Relu => Activation::ClippedRelu(threshold),
+        Activation::Silu => Activation::ClippedSilu(threshold),
+        other => return Err(node_err(node, format!("clip thresholds on {other:?}: only ReLU and SiLU are clipped"))),
     })
 }
 
@@ -239,9 +256,9 @@ fn kind(g: &Graph, node: &Node, consts: &mut Vec<Vec<f32>>, slot: &[Option<usize
         "Sub" => Kind::Binary(BinaryOp::Sub),
         "Mul" => Kind::Binary(BinaryOp::Mul),
         "Div" => Kind::Binary(BinaryOp::Div),
-        "Relu" => Kind::Act(Activation::Relu),
+        "Relu" => Kind::Act(clipped(node, Activation::Relu)?),
         "Sigmoid" => Kind::Act(Activation::Sigmoid),
-        "Silu" => Kind::Act(Activation::Silu),
+        "Silu" => Kind::Act(clipped(node, Activation::Silu)?),
         "Elu" => Kind::Act(Activation::Elu { alpha: node.float("alpha", 1.0)? }),
         "Gelu" => match node.string("approximate", "none")? {
             "none" => Kind::Act(Activation::Gelu),

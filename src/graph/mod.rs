@@ -5,6 +5,7 @@
 //! reports the ones it does not. Shapes are fixed when the graph is built (batch 1 is the case
 //! that matters on a robot), and [`infer`] checks them node by node.
 
+pub mod clip;
 pub mod codec;
 pub mod infer;
 pub mod onnx;

@@ -32,6 +32,9 @@ pub enum Activation {
     /// ProAct / FitAct clipped ReLU: x if 0 < x <= T, else 0. Values above the threshold go to
     /// zero (not to T): a large activation there signals a fault, not a signal to keep.
     ClippedRelu(ClipThreshold),
+    /// ProAct's clipping on a SiLU network (YOLOv8's): silu(x) if it is at most T, else 0 (a
+    /// NaN goes to 0 too). SiLU is bounded below (about -0.28), so only the top needs a bound.
+    ClippedSilu(ClipThreshold),
     /// x for x >= 0, alpha x otherwise (ONNX `LeakyRelu`, default alpha 0.01).
     LeakyRelu { alpha: f32 },
     /// max(0, min(1, alpha x + beta)) (ONNX `HardSigmoid`, defaults 0.2 and 0.5).
@@ -45,7 +48,9 @@ pub enum Activation {
 impl Activation {
     /// Checks the per-channel threshold count against `channels`.
     pub(crate) fn check_channels(&self, op: &'static str, channels: usize) -> Result<()> {
-        if let Activation::ClippedRelu(ClipThreshold::PerChannel(t)) = self {
+        if let Activation::ClippedRelu(ClipThreshold::PerChannel(t))
+        | Activation::ClippedSilu(ClipThreshold::PerChannel(t)) = self
+        {
             if t.len() != channels {
                 return Err(Error::shape(op, format!("{channels} clip thresholds"), t.len()));
             }
@@ -75,6 +80,16 @@ impl Activation {
                 };
                 data.iter_mut().for_each(|v| *v = if *v > 0.0 && *v <= t { *v } else { 0.0 })
             }
+            Activation::ClippedSilu(t) => {
+                let t = match t {
+                    ClipThreshold::PerLayer(t) => *t,
+                    ClipThreshold::PerChannel(ts) => ts[channel],
+                };
+                data.iter_mut().for_each(|v| {
+                    let y = math::silu::<FMA>(*v);
+                    *v = if y <= t { y } else { 0.0 }
+                })
+            }
             Activation::LeakyRelu { alpha } => {
                 let a = *alpha;
                 data.iter_mut().for_each(|v| *v = if *v >= 0.0 { *v } else { a * *v })
@@ -92,7 +107,11 @@ impl Activation {
     }
 
     pub(crate) fn is_per_channel(&self) -> bool {
-        matches!(self, Activation::ClippedRelu(ClipThreshold::PerChannel(_)))
+        matches!(
+            self,
+            Activation::ClippedRelu(ClipThreshold::PerChannel(_))
+                | Activation::ClippedSilu(ClipThreshold::PerChannel(_))
+        )
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

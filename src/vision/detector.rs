@@ -101,6 +101,35 @@ impl Detector {
         Detector::build(g, pak.metadata(), &|id| crate::exec::kpak_weights(&pak, g, id), device, path)
     }
 
+    /// A detector from an open .kpak with a graph of the caller's (the file's own, edited: clip
+    /// thresholds chosen, say), its weights read from `pak`. `source` names it in errors and is
+    /// what a CPU fallback loads again.
+    pub fn from_kpak(pak: &Kpak, g: &Graph, device: Device, source: &Path) -> Result<Detector> {
+        Detector::build(g, pak.metadata(), &|id| crate::exec::kpak_weights(pak, g, id), device, source)
+    }
+
+    /// Starts (or stops) recording the largest output of every ReLU/SiLU layer per channel
+    /// (CPU only): the statistics behind `kestrel calibrate-clip`.
+    pub fn record_activation_max(&mut self, on: bool) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(e) => {
+                e.record_activation_max(on);
+                Ok(())
+            }
+            Engine::Gpu(_) => {
+                Err(Error::Unsupported { what: "activation statistics on the GPU (calibrate on the CPU)".into() })
+            }
+        }
+    }
+
+    /// (layer, largest output per channel) since [`Detector::record_activation_max`].
+    pub fn activation_max(&self) -> Vec<(String, Vec<f32>)> {
+        match &self.engine {
+            Engine::Cpu(e) => e.activation_max(),
+            Engine::Gpu(_) => Vec::new(),
+        }
+    }
+
     fn build(
         g: &Graph,
         metadata: &[(String, String)],

@@ -452,6 +452,7 @@ const ACT_LEAKY_RELU: u32 = 7;
 const ACT_HARD_SIGMOID: u32 = 8;
 const ACT_HARD_SWISH: u32 = 9;
 const ACT_CLIP: u32 = 10;
+const ACT_CLIPPED_SILU: u32 = 11;
 
 /// Checks an activation as the CPU ops do (Clip bounds, per-channel threshold count against
 /// `channels`) and encodes it; per-channel thresholds are appended to `aux`, which starts at
@@ -472,6 +473,12 @@ fn act_params(op: &'static str, a: &Activation, channels: usize, aux0: u32, aux:
             aux.extend_from_slice(ts);
             ActParams { kind: ACT_CLIPPED_RELU, alpha: 0.0, beta: 0.0, clip_off }
         }
+        Activation::ClippedSilu(ClipThreshold::PerLayer(t)) => p(ACT_CLIPPED_SILU, *t, 0.0),
+        Activation::ClippedSilu(ClipThreshold::PerChannel(ts)) => {
+            let clip_off = aux0 + aux.len() as u32;
+            aux.extend_from_slice(ts);
+            ActParams { kind: ACT_CLIPPED_SILU, alpha: 0.0, beta: 0.0, clip_off }
+        }
         Activation::LeakyRelu { alpha } => p(ACT_LEAKY_RELU, *alpha, 0.0),
         Activation::HardSigmoid { alpha, beta } => p(ACT_HARD_SIGMOID, *alpha, *beta),
         Activation::HardSwish => p(ACT_HARD_SWISH, 0.0, 0.0),
@@ -485,7 +492,7 @@ fn act_params(op: &'static str, a: &Activation, channels: usize, aux0: u32, aux:
 }
 
 fn is_per_channel(a: &Activation) -> bool {
-    matches!(a, Activation::ClippedRelu(ClipThreshold::PerChannel(_)))
+    a.is_per_channel()
 }
 
 /// Row-major strides of `shape`.

@@ -19,6 +19,7 @@ use kestrel::{Error, Result};
 
 mod bundle;
 mod control;
+mod reliability;
 mod stream;
 mod vision;
 
@@ -305,6 +306,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Flip random bits in a copy of the stored weights at bit-error rate B and report mAP@0.5
+    /// over the trials (PAPERS.md section 10): `n = stored bits x B` flips per tensor, biases
+    /// and scales included. Lists (--ber 1e-7,1e-5 --clip none,hybrid) sweep, a JSON line each.
+    Faults {
+        #[arg(long)]
+        model: PathBuf,
+        /// A labelled dataset of pairs.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long)]
+        ber: String,
+        #[arg(long, default_value_t = 10)]
+        trials: u32,
+        /// none, layer or hybrid (thresholds from `kestrel calibrate-clip`).
+        #[arg(long, default_value = "none")]
+        clip: String,
+        /// Weight format the faults land in: stored, f32 or q4.
+        #[arg(long, default_value = "stored")]
+        precision: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// ProAct clipping thresholds from activation statistics (the largest output of each
+    /// ReLU/SiLU layer, per channel on the last ones), stored in the model's graph.
+    CalibrateClip {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Write the calibrated model here instead of over --model.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the controller loop: camera pairs -> detector -> conformal verdicts -> policy ->
     /// watchdog -> actions, at a fixed rate in the built-in world (paired RGB + thermal camera,
     /// a target person to follow, others to avoid). Reports success, safe actions, deadline
@@ -561,6 +603,22 @@ fn run(command: Command) -> Result<ExitCode> {
                 }),
                 (None, None) => unreachable!("clap requires --dataset or --sequence"),
             }
+        }
+        Command::Faults { model, dataset, ber, trials, clip, precision, limit, seed, json } => {
+            reliability::faults_cmd(&reliability::FaultArgs {
+                model: &model,
+                dataset: &dataset,
+                bers: &ber,
+                trials,
+                clips: &clip,
+                precision: &precision,
+                limit,
+                seed,
+                json,
+            })
+        }
+        Command::CalibrateClip { model, dataset, limit, out, json } => {
+            reliability::calibrate_clip_cmd(&model, &dataset, limit, out.as_deref(), json)
         }
         Command::CalibrateDelta { model, sequence, max_drop, min_agreement, out, delta, json } => {
             let m = model_args(&model, BackendArg::Cpu, &GpuArgs::default())?;
