@@ -231,7 +231,7 @@ mod tests {
         let mut bytes = vec![0u8; 4096];
         let sites = vec![
             Site { tensor: "a".into(), ranges: vec![256..512, 1024..1280], bits: 512 * 8 },
-            Site { tensor: "b".into(), ranges: [2048..2052].into(), bits: 32 },
+            Site { tensor: "b".into(), ranges: std::iter::once(2048..2052).collect(), bits: 32 },
         ];
         let mut rng = SplitMix64::new(3);
         let (ber, trials) = (1e-2, 400);
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn small_sites_still_get_flips_in_proportion() {
         // 32 bits at BER 1e-3: 0.032 expected flips; truncation would give none, ever.
-        let sites = vec![Site { tensor: "bias".into(), ranges: [0..4].into(), bits: 32 }];
+        let sites = vec![Site { tensor: "bias".into(), ranges: std::iter::once(0..4).collect(), bits: 32 }];
         let mut rng = SplitMix64::new(9);
         let trials = 20_000;
         let flips: u64 = (0..trials).map(|_| inject(&mut [0u8; 4], &sites, 1e-3, &mut rng)).sum();
