@@ -94,10 +94,23 @@ pub struct Site {
     pub bits: u64,
 }
 
-/// Every tensor of `pak` as a fault site.
+/// The weights and biases of `pak`'s conv, linear and matmul layers as fault sites (ProAct
+/// injects into conv and linear layers). Structural constants (a Resize's scales, a Reshape's
+/// shape) are left alone: they are part of the program, not of what it learned, and a flip
+/// there is a malformed graph the loader refuses, not a degraded detector.
 pub fn sites(pak: &Kpak) -> Vec<Site> {
+    let layers: std::collections::HashSet<&str> = pak.graph().map_or_else(Default::default, |g| {
+        g.nodes
+            .iter()
+            .filter(|n| matches!(n.op.as_str(), "Conv" | "Gemm" | "MatMul"))
+            .flat_map(|n| n.inputs.iter().skip(1).flatten())
+            .filter(|&&v| g.constant(v).is_some() || pak.tensor(&g.values[v].name).is_ok())
+            .map(|&v| g.values[v].name.as_str())
+            .collect()
+    });
     pak.tensors()
         .iter()
+        .filter(|t| layers.contains(t.name.as_str()))
         .map(|t| {
             let ranges: Vec<Range<usize>> =
                 t.components.iter().map(|c| c.offset as usize..(c.offset + c.len) as usize).collect();
@@ -182,8 +195,11 @@ pub struct FaultModel {
 /// One trial's outcome.
 #[derive(Clone, Copy, Debug)]
 pub struct Trial {
+    /// 0 when the damaged model could not be loaded.
     pub map50: f64,
     pub flips: u64,
+    /// The loader refused the damaged model (a board would not start perception with it).
+    pub refused: bool,
 }
 
 impl FaultModel {
@@ -210,15 +226,23 @@ impl FaultModel {
     pub fn trial(&self, ber: f64, mode: ClipMode, seed: u64, eval: &EvalSet, opts: DecodeOptions) -> Result<Trial> {
         let mut bytes = self.bytes.clone();
         let flips = inject(&mut bytes, &self.sites, ber, &mut SplitMix64::new(seed));
-        let pak = Kpak::from_bytes(&bytes, Verify::Structure)?;
-        let mut g = pak
-            .graph()
-            .ok_or_else(|| Error::Unsupported { what: format!("{} has no graph to run", self.source.display()) })?
-            .clone();
-        clip::apply_mode(&mut g, mode);
-        let mut det = Detector::from_kpak(&pak, &g, Device::Cpu, &self.source)?;
+        let loaded = Kpak::from_bytes(&bytes, Verify::Structure).and_then(|pak| {
+            let mut g = pak
+                .graph()
+                .ok_or_else(|| Error::Unsupported { what: format!("{} has no graph to run", self.source.display()) })?
+                .clone();
+            clip::apply_mode(&mut g, mode);
+            Detector::from_kpak(&pak, &g, Device::Cpu, &self.source)
+        });
+        let mut det = match loaded {
+            Ok(det) => det,
+            Err(e) => {
+                log::warn!("trial with seed {seed}: the damaged model does not load: {e}");
+                return Ok(Trial { map50: 0.0, flips, refused: true });
+            }
+        };
         det.options = opts;
-        Ok(Trial { map50: eval.map50(&mut det)?, flips })
+        Ok(Trial { map50: eval.map50(&mut det)?, flips, refused: false })
     }
 }
 

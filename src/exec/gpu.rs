@@ -438,6 +438,34 @@ impl GpuExecutor {
         Ok(())
     }
 
+    /// [`GpuExecutor::run`] then [`GpuExecutor::read_output`] in one submission: the copy to
+    /// the read-back buffer is recorded after the graph, so a frame costs one submit and one
+    /// wait instead of two of each (the detector's path, every control period).
+    pub fn run_and_read(&self, ctx: &GpuContext, inputs: &[&[f32]], i: usize, out: &mut [f32]) -> Result<()> {
+        ctx.check_alive()?;
+        let o = &self.outputs[i];
+        if out.len() != o.len {
+            return Err(Error::shape("read_output", format!("{} values", o.len), out.len()));
+        }
+        let Loc::Arena(off) = o.loc else {
+            return Err(Error::Unsupported { what: "a graph output that is a constant or an input".into() });
+        };
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("graph run") });
+        self.encode(ctx, &mut enc, inputs)?;
+        if let Some(d) = &self.delta {
+            for (k, l) in d.layers.iter().flatten().enumerate() {
+                enc.copy_buffer_to_buffer(l.counter(), 0, &d.counters, (k * 4) as u64, 4);
+            }
+        }
+        enc.copy_buffer_to_buffer(&self.arena, (off * 4) as u64, &self.staging, 0, (o.len * 4) as u64);
+        ctx.queue.submit([enc.finish()]);
+        ctx.read_mapped(&self.staging, out)?;
+        if let Some(d) = &self.delta {
+            d.account(ctx)?;
+        }
+        Ok(())
+    }
+
     /// Totals of the delta stream (None when not in delta mode). MACs of a delta step are its
     /// fired entries times the dense conv's multiply-adds per input entry.
     pub fn delta_stats(&self) -> Option<DeltaStats> {

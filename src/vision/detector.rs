@@ -367,8 +367,7 @@ impl Detector {
             }
             Engine::Gpu(b) => {
                 let (ctx, e) = &**b;
-                e.run(ctx, refs)?;
-                e.read_output(ctx, 0, &mut self.output)?;
+                e.run_and_read(ctx, refs, 0, &mut self.output)?;
             }
         }
         let nc = self.classes.len();

@@ -69,13 +69,14 @@ pub fn faults_cmd(a: &FaultArgs) -> Result<ExitCode> {
         let clean = model.trial(0.0, clip, a.seed, &eval, opts)?.map50;
         for &ber in &bers {
             let mut maps = Vec::with_capacity(a.trials as usize);
-            let mut flips = 0;
+            let (mut flips, mut refused) = (0, 0);
             for t in 0..a.trials {
                 // The same seeds for every clip mode: each mode sees the same faults.
                 let seed = a.seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ber.to_bits();
                 let r = model.trial(ber, clip, seed, &eval, opts)?;
                 maps.push(r.map50);
                 flips += r.flips;
+                refused += r.refused as u32;
             }
             let mean = maps.iter().sum::<f64>() / maps.len() as f64;
             let min = maps.iter().copied().fold(f64::INFINITY, f64::min);
@@ -89,6 +90,7 @@ pub fn faults_cmd(a: &FaultArgs) -> Result<ExitCode> {
                 "map50_max": max,
                 "map50_clean": clean,
                 "flips_mean": flips as f64 / a.trials as f64,
+                "refused_loads": refused,
                 "precision": precision.name(),
                 "pairs": eval.len(),
             });
