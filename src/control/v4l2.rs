@@ -164,6 +164,7 @@ mod device {
     use crate::control::source::{Camera, Captured, Request};
     use crate::error::{Error, Result};
     use crate::vision::image::{Image, MAX_SIDE};
+    use crate::vision::preprocess::resize_bilinear_into;
 
     // The layouts and ioctl numbers below are checked for LP64 with the generic ioctl encoding;
     // other targets (32-bit ARM's time64 v4l2_buffer, powerpc's ioctl bits) would need their own.
@@ -828,9 +829,16 @@ mod device {
     }
 
     /// A visible (RGB) + thermal (single-channel infrared) V4L2 camera pair.
+    ///
+    /// Thermal cores rarely share the visible sensor's resolution (160x120, 640x512 against
+    /// 640x480), but a pair must have one size: the thermal frame is resampled (bilinear) to the
+    /// visible frame's size. That assumes boresighted cameras with the same field of view;
+    /// registration beyond that (a homography from calibration) is the integrator's.
     pub struct V4l2Camera {
         visible: Device,
         thermal: Device,
+        raw_thermal: Image,
+        scratch: Image,
     }
 
     impl V4l2Camera {
@@ -845,7 +853,7 @@ mod device {
             }
             let visible = Device::open(visible, Role::Visible, width, height)?;
             let thermal = Device::open(thermal, Role::Thermal, width, height)?;
-            Ok(V4l2Camera { visible, thermal })
+            Ok(V4l2Camera { visible, thermal, raw_thermal: Image::default(), scratch: Image::default() })
         }
     }
 
@@ -854,7 +862,9 @@ mod device {
         /// stall or failure of either camera is an error for this pair.
         fn capture(&mut self, req: &Request, into: &mut Captured) -> Result<bool> {
             into.rgb_time = self.visible.capture(&mut into.rgb)?;
-            into.ir_time = self.thermal.capture(&mut into.ir)?;
+            into.ir_time = self.thermal.capture(&mut self.raw_thermal)?;
+            let (w, h) = (into.rgb.width, into.rgb.height);
+            resize_bilinear_into(&self.raw_thermal, w, h, &mut self.scratch, &mut into.ir);
             into.seq = req.seq;
             Ok(true)
         }

@@ -105,6 +105,23 @@ pub fn resize_bilinear(img: &Image, width: usize, height: usize) -> Image {
     resize_with(img, width, height, &mut horizontal, &mut out).clone()
 }
 
+/// [`resize_bilinear`] into `out`, through the reusable `scratch`: allocation-free once both
+/// have grown (a camera thread resampling every frame).
+pub fn resize_bilinear_into(img: &Image, width: usize, height: usize, scratch: &mut Image, out: &mut Image) {
+    match (width != img.width, height != img.height) {
+        (false, false) => {
+            out.reshape(img.width, img.height, img.channels);
+            out.data.copy_from_slice(&img.data);
+        }
+        (true, false) => pass_into(img, width, true, out),
+        (false, true) => pass_into(img, height, false, out),
+        (true, true) => {
+            pass_into(img, width, true, scratch);
+            pass_into(scratch, height, false, out);
+        }
+    }
+}
+
 /// [`resize_bilinear`] through reusable buffers; returns `img` itself when no pass is needed.
 fn resize_with<'a>(
     img: &'a Image,
@@ -166,6 +183,25 @@ fn pass_into(img: &Image, len: usize, along_x: bool, out: &mut Image) {
                 let (x, y) = if along_x { (o, q) } else { (q, o) };
                 out.data[(y * w + x) * img.channels + c] = v;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resizing_into_buffers_matches_the_allocating_resize_for_every_pass() {
+        let mut img = Image::new(40, 30, 1);
+        img.data.iter_mut().enumerate().for_each(|(i, v)| *v = (i * 37 % 251) as u8);
+        let (mut scratch, mut out) = (Image::default(), Image::default());
+        // Same size (a copy), one pass along x, one along y, and both.
+        for (w, h) in [(40, 30), (64, 30), (40, 48), (64, 48), (20, 12)] {
+            resize_bilinear_into(&img, w, h, &mut scratch, &mut out);
+            let expected = resize_bilinear(&img, w, h);
+            assert_eq!((out.width, out.height, out.channels), (w, h, 1));
+            assert_eq!(out.data, expected.data, "{w}x{h}");
         }
     }
 }
