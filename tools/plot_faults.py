@@ -23,14 +23,18 @@ def main(src, dst):
     fig, axes = plt.subplots(1, len(precisions), figsize=(5.5 * len(precisions), 4), sharey=True)
     if len(precisions) == 1:
         axes = [axes]
-    styles = {"none": ("tab:red", "no clipping"), "layer": ("tab:blue", "layer-wise"), "hybrid": ("tab:green", "hybrid (ProAct)")}
+    styles = {
+        "none": ("tab:red", "o-", "no clipping"),
+        "layer": ("tab:blue", "s--", "layer-wise"),
+        "hybrid": ("tab:green", "o-", "hybrid (ProAct)"),
+    }
     for ax, p in zip(axes, precisions):
-        for clip, (color, label) in styles.items():
+        for clip, (color, marker, label) in styles.items():
             rs = sorted(by.get((p, clip), []), key=lambda r: r["ber"])
             if not rs:
                 continue
             x = [r["ber"] for r in rs]
-            ax.plot(x, [r["map50_mean"] for r in rs], "o-", color=color, label=label)
+            ax.plot(x, [r["map50_mean"] for r in rs], marker, color=color, label=label, zorder=3 if clip == "layer" else 2)
             ax.fill_between(x, [r["map50_min"] for r in rs], [r["map50_mean"] for r in rs], color=color, alpha=0.15)
         clean = by.get((p, "none"), [{}])[0].get("map50_clean")
         if clean is not None:

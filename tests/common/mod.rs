@@ -23,7 +23,7 @@ thread_local! {
     static TOTAL: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Allocations on every thread (for code that runs on worker threads too).
+/// Allocations on every thread but the test harness's (for code that runs on worker threads too).
 static GLOBAL_ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Bytes held on the heap right now, on every thread (allocations minus frees).
@@ -39,8 +39,37 @@ pub fn global_allocs() -> usize {
     GLOBAL_ALLOCS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+thread_local! {
+    /// Whether this thread is the process's main thread, once known (0 unknown, 1 yes, 2 no).
+    static MAIN: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Whether the allocation comes from the test harness's own thread: the process's main thread,
+/// where libtest (which runs every test on a thread of its own) prints its progress, such as
+/// "has been running for over 60 seconds" on a loaded machine. Those allocations are not the
+/// code under test's, so the all-threads count leaves them out. (Linux: the main thread's id is
+/// the process id; syscalls, not allocations, so this is safe inside the allocator.)
+fn on_harness_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        MAIN.try_with(|m| {
+            if m.get() == 0 {
+                // SAFETY: gettid and getpid have no preconditions.
+                let main = unsafe { libc::gettid() == libc::getpid() };
+                m.set(if main { 1 } else { 2 });
+            }
+            m.get() == 1
+        })
+        .unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 fn note_alloc(size: usize) {
-    GLOBAL_ALLOCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if !on_harness_thread() {
+        GLOBAL_ALLOCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     // `try_with`: the thread-locals may already be gone while a thread is being torn down. They
     // are const-initialised `Cell`s, so touching them never allocates (no recursion).
     let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
