@@ -33,7 +33,8 @@ for t in "${targets[@]}"; do
     echo "== fuzz $t for ${seconds}s ($sanitizer sanitizer)"
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: a runaway allocation.
     if ! cargo "${toolchain[@]}" fuzz run --sanitizer "$sanitizer" "$t" "work/$t" "seeds/$t" -- \
-        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"work/$t.log"; then
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        ${KESTREL_FUZZ_SEED:+-seed=$KESTREL_FUZZ_SEED} 2>"work/$t.log"; then
         failed+=("$t")
         mkdir -p "regressions/$t"
         for f in "artifacts/$t"/*; do

@@ -174,6 +174,12 @@ impl Annotation {
             if w < 0.0 || h < 0.0 {
                 return Err(err(n, format!("negative size {w} x {h}")));
             }
+            // Relative coordinates live in 0..1, with room for boxes cut by the frame's edge.
+            // Found by fuzzing: a centre of 8e35 passed the finiteness check, then overflowed
+            // to infinity in pixels.
+            if let Some(x) = v.iter().find(|x| !(-1.0..=2.0).contains(*x)) {
+                return Err(err(n, format!("{x} is outside the relative range of YOLO coordinates (0 to 1)")));
+            }
             let (iw, ih) = (width as f32, height as f32);
             let box_xyxy = [(cx - w / 2.0) * iw, (cy - h / 2.0) * ih, (cx + w / 2.0) * iw, (cy + h / 2.0) * ih];
             labels.push(Label { class: class.clone(), box_xyxy, difficult: false });
@@ -226,6 +232,18 @@ mod tests {
             let err = Annotation::from_yolo("0 0.5 0.5 0.2 0.2\n", Path::new("a.txt"), w, h, &names).unwrap_err();
             assert!(err.to_string().contains("non-empty image"), "{err}");
         }
+    }
+
+    #[test]
+    fn yolo_coordinates_far_outside_the_image_are_refused() {
+        // The second YOLO fuzz crash (fuzz/regressions/yolo/): a centre of 8.2e35 is finite but
+        // overflows to infinity in pixels.
+        let names = ["person".to_string()];
+        let err = Annotation::from_yolo("0 0.82e36 300. 292 02\n", Path::new("a.txt"), 320, 47, &names).unwrap_err();
+        assert!(err.to_string().contains("relative range"), "{err}");
+        // A box cut by the frame's edge is still a box.
+        let ann = Annotation::from_yolo("0 1.05 0.5 0.2 0.4\n", Path::new("a.txt"), 320, 240, &names).unwrap();
+        assert_eq!(ann.labels.len(), 1);
     }
 
     fn sample() -> Annotation {
