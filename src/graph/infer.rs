@@ -23,7 +23,8 @@ fn err(node: &Node, reason: impl Into<String>) -> Error {
 pub fn norm_axis(node: &Node, axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if (0..r.max(1)).contains(&a) {
+    // A scalar has no axis (found by fuzzing: a Split of a rank-0 value indexed its shape).
+    if (0..r).contains(&a) {
         Ok(a as usize)
     } else {
         Err(err(node, format!("axis {axis} is out of range for rank {rank}")))
@@ -440,7 +441,19 @@ fn fold_supported(g: &Graph, node: &Node) -> bool {
 fn fold(g: &Graph, node: &Node) -> Result<Vec<(Vec<usize>, ConstData)>> {
     let shape = |i: usize| -> Result<Vec<usize>> { Ok(g.values[node.input(i)?].shape.clone()) };
     let data = |i: usize| -> Result<&ConstData> {
-        g.constant(node.input(i)?).ok_or_else(|| err(node, format!("input {i} is not constant")))
+        let v = node.input(i)?;
+        let d = g.constant(v).ok_or_else(|| err(node, format!("input {i} is not constant")))?;
+        // Folding indexes the data by the value's shape: they must agree (found by fuzzing: a
+        // GRAPH section whose constant had no data for its scalar shape).
+        let len = match d {
+            ConstData::F32(x) => x.len(),
+            ConstData::I64(x) => x.len(),
+        };
+        let shape = &g.values[v].shape;
+        if shape.iter().try_fold(1usize, |n, &dim| n.checked_mul(dim)) != Some(len) {
+            return Err(err(node, format!("input {i}: a constant of {len} values for shape {shape:?}")));
+        }
+        Ok(d)
     };
     let ints = |i: usize| -> Result<Vec<i64>> {
         match data(i)? {
