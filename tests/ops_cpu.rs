@@ -1709,6 +1709,11 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
         ([2, 6, 10, 9], [6, 2, 3, 3], conv([2, 2], [1, 0, 2, 1], [1, 1], 3)),
         ([1, 3, 12, 12], [5, 3, 3, 2], conv([1, 2], [2; 4], [2, 1], 1)),
         ([1, 8, 7, 7], [8, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 8)),
+        // The detector's downsampling conv (one group, 3x3, stride 2): its position GEMM runs
+        // per stride residue class, each against its own taps.
+        ([1, 5, 10, 9], [4, 5, 3, 3], conv([2, 2], [1; 4], [1, 1], 1)),
+        // A stride wider than the kernel: three of the four residue classes reach no output.
+        ([1, 3, 8, 8], [4, 3, 1, 1], conv([2, 2], [0; 4], [1, 1], 1)),
     ];
     for (xs, ws, p) in cases {
         let w = r.normal_vec(numel(&ws));

@@ -97,6 +97,86 @@ impl TapTable {
     }
 }
 
+/// The taps through which an input position reaches any output depend only on its row and
+/// column modulo the stride: with stride 2, a 3x3 kernel reaches an input through 1, 2, 2 or 4 of
+/// its 9 taps, never all 9. The position GEMM of a strided conv therefore runs once per residue
+/// class, against the weights of that class's taps only (9/4 taps per position on average
+/// instead of 9); a stride-1 conv has one class holding every tap.
+#[derive(Clone, Debug, Default)]
+struct TapClasses {
+    stride: [usize; 2],
+    /// Per class (row residue * stride_w + column residue): the weights of its taps,
+    /// [C, class rows * class columns * M], tap-major within a channel.
+    weights: Vec<Vec<f32>>,
+    /// Per class: its tap rows and tap columns.
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    /// Per kernel row (column): its index among the tap rows (columns) of its class.
+    row_slot: Vec<usize>,
+    col_slot: Vec<usize>,
+}
+
+impl TapClasses {
+    /// Input coordinate i is reached through tap t when (i + pad - t * dilation) is a multiple of
+    /// the stride: tap t belongs to residue (t * dilation - pad) mod stride.
+    fn residues(taps: usize, stride: usize, dilation: usize, pad: usize) -> Vec<usize> {
+        (0..taps)
+            .map(|t| (t as isize * dilation as isize - pad as isize).rem_euclid(stride as isize) as usize)
+            .collect()
+    }
+
+    fn new(w: &[f32], w_shape: &[usize; 4], p: &Conv2d) -> TapClasses {
+        let [m, c, kh, kw] = *w_shape;
+        let [sh, sw] = p.strides;
+        let row_res = Self::residues(kh, sh, p.dilations[0], p.pads[0]);
+        let col_res = Self::residues(kw, sw, p.dilations[1], p.pads[1]);
+        let slots = |res: &[usize]| -> Vec<usize> {
+            (0..res.len()).map(|t| res[..t].iter().filter(|&&r| r == res[t]).count()).collect()
+        };
+        let mut classes = TapClasses {
+            stride: p.strides,
+            row_slot: slots(&row_res),
+            col_slot: slots(&col_res),
+            ..TapClasses::default()
+        };
+        for rr in 0..sh {
+            for rc in 0..sw {
+                let rows: Vec<usize> = (0..kh).filter(|&i| row_res[i] == rr).collect();
+                let cols: Vec<usize> = (0..kw).filter(|&j| col_res[j] == rc).collect();
+                let taps = rows.len() * cols.len();
+                let mut wc = vec![0.0; c * taps * m];
+                for ci in 0..c {
+                    for (si, &i) in rows.iter().enumerate() {
+                        for (sj, &j) in cols.iter().enumerate() {
+                            let dst = &mut wc[(ci * taps + si * cols.len() + sj) * m..][..m];
+                            for (mo, d) in dst.iter_mut().enumerate() {
+                                *d = w[((mo * c + ci) * kh + i) * kw + j];
+                            }
+                        }
+                    }
+                }
+                classes.weights.push(wc);
+                classes.rows.push(rows.len());
+                classes.cols.push(cols.len());
+            }
+        }
+        classes
+    }
+
+    fn count(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// The class of input position (ih, iw).
+    fn of(&self, ih: usize, iw: usize) -> usize {
+        (ih % self.stride[0]) * self.stride[1] + iw % self.stride[1]
+    }
+
+    fn taps(&self, class: usize) -> usize {
+        self.rows[class] * self.cols[class]
+    }
+}
+
 /// Moved input positions per GEMM of the one-group path: bounds the scratch.
 const CHUNK: usize = 256;
 
@@ -138,10 +218,14 @@ pub struct DeltaConv2d {
     row: Vec<f32>,
     /// Per moved position: (group, first index in `fired_here`) of each group's fired run.
     group_starts: Vec<(usize, usize)>,
-    /// Scratch: which input positions moved, their list, and for the one-group GEMM the dx rows of
-    /// one chunk of them ([CHUNK, C]) and their products with every tap ([CHUNK, kH * kW * M]).
+    /// The one-group GEMM's right operands, one per stride residue class (see [`TapClasses`]).
+    classes: TapClasses,
+    /// Scratch: which input positions moved, their list, the moved positions of one residue class,
+    /// and for the one-group GEMM the dx rows of one chunk of them ([CHUNK, C]) and their
+    /// products with the class's taps ([CHUNK, class taps * M]).
     moved: Vec<u8>,
     positions: Vec<u32>,
+    class_positions: Vec<u32>,
     dx_rows: Vec<f32>,
     products: Vec<f32>,
     keyed: bool,
@@ -205,6 +289,7 @@ impl DeltaConv2d {
             bias: bias.map(<[f32]>::to_vec),
             linear: Conv2d { activation: Activation::None, ..p.clone() },
             activation: p.activation.clone(),
+            classes: if one_group { TapClasses::new(w, &ws, p) } else { TapClasses::default() },
             rows: TapTable::new(xs[2], out_shape[2], kh, p.strides[0], p.dilations[0], p.pads[0]),
             cols: TapTable::new(xs[3], out_shape[3], kw, p.strides[1], p.dilations[1], p.pads[1]),
             theta: vec![theta; xs[1]],
@@ -218,6 +303,7 @@ impl DeltaConv2d {
             row: vec![0.0; m],
             moved: vec![0; xs[2] * xs[3]],
             positions: Vec::with_capacity(xs[2] * xs[3]),
+            class_positions: if one_group { Vec::with_capacity(xs[2] * xs[3]) } else { Vec::new() },
             group_starts: Vec::with_capacity(group),
             dx_rows: if one_group { vec![0.0; CHUNK * xs[1]] } else { Vec::new() },
             products: if one_group { vec![0.0; CHUNK * kh * kw * m] } else { Vec::new() },
@@ -360,9 +446,9 @@ impl DeltaConv2d {
     #[inline(always)]
     fn step_moved_body(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
         let [n, c, h, w] = self.x_shape;
-        let [m, _, kh, kw] = self.w_shape;
+        let m = self.w_shape[0];
         let [_, _, oh, ow] = self.out_shape;
-        let (hw, ohw, taps) = (h * w, oh * ow, kh * kw);
+        let (hw, ohw) = (h * w, oh * ow);
         let (mut fired, mut macs) = (0usize, 0u64);
         for b in 0..n {
             let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
@@ -394,38 +480,60 @@ impl DeltaConv2d {
                 macs += mc;
                 continue;
             }
-            for chunk_at in (0..self.positions.len()).step_by(CHUNK) {
-                let chunk = &self.positions[chunk_at..(chunk_at + CHUNK).min(self.positions.len())];
-                let rows = chunk.len();
-                for (r, &pos) in chunk.iter().enumerate() {
-                    let row = &mut self.dx_rows[r * c..][..c];
-                    for (ci, (d, &theta)) in row.iter_mut().zip(&self.theta).enumerate() {
-                        let k = ci * hw + pos as usize;
-                        let dx = xb[k] - rb[k];
-                        *d = if fires(dx, theta) {
-                            rb[k] = xb[k];
-                            fired += 1;
-                            dx
-                        } else {
-                            0.0
-                        };
-                    }
+            for class in 0..self.classes.count() {
+                let class_taps = self.classes.taps(class);
+                self.class_positions.clear();
+                if class_taps == 0 {
+                    // A stride wider than the kernel: these inputs reach no output at all.
+                    continue;
                 }
-                let products = &mut self.products[..rows * taps * m];
-                super::matmul(&self.dx_rows[..rows * c], &[rows, c], &self.w_taps, &[c, taps * m], products)?;
-                macs += (rows * c * taps * m) as u64;
-                for (r, &pos) in chunk.iter().enumerate() {
-                    let (ih, iw) = (pos as usize / w, pos as usize % w);
-                    for &(i, orow) in self.rows.of(ih) {
-                        for &(j, ocol) in self.cols.of(iw) {
-                            let at = b * ohw + orow as usize * ow + ocol as usize;
-                            if self.mark[at] != self.generation {
-                                self.mark[at] = self.generation;
-                                self.touched.push(at as u32);
-                            }
-                            let z = &products[(r * taps + i as usize * kw + j as usize) * m..][..m];
-                            for (yv, zv) in self.y[at * m..][..m].iter_mut().zip(z) {
-                                *yv += zv;
+                let classes = &self.classes;
+                self.class_positions.extend(
+                    self.positions.iter().copied().filter(|&p| classes.of(p as usize / w, p as usize % w) == class),
+                );
+                let class_cols = classes.cols[class];
+                for chunk_at in (0..self.class_positions.len()).step_by(CHUNK) {
+                    let chunk = &self.class_positions[chunk_at..(chunk_at + CHUNK).min(self.class_positions.len())];
+                    let rows = chunk.len();
+                    for (r, &pos) in chunk.iter().enumerate() {
+                        let row = &mut self.dx_rows[r * c..][..c];
+                        for (ci, (d, &theta)) in row.iter_mut().zip(&self.theta).enumerate() {
+                            let k = ci * hw + pos as usize;
+                            let dx = xb[k] - rb[k];
+                            *d = if fires(dx, theta) {
+                                rb[k] = xb[k];
+                                fired += 1;
+                                dx
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    let width = class_taps * m;
+                    let products = &mut self.products[..rows * width];
+                    super::matmul(
+                        &self.dx_rows[..rows * c],
+                        &[rows, c],
+                        &classes.weights[class],
+                        &[c, width],
+                        products,
+                    )?;
+                    macs += (rows * c * width) as u64;
+                    for (r, &pos) in chunk.iter().enumerate() {
+                        let (ih, iw) = (pos as usize / w, pos as usize % w);
+                        for &(i, orow) in self.rows.of(ih) {
+                            let row_slot = classes.row_slot[i as usize];
+                            for &(j, ocol) in self.cols.of(iw) {
+                                let at = b * ohw + orow as usize * ow + ocol as usize;
+                                if self.mark[at] != self.generation {
+                                    self.mark[at] = self.generation;
+                                    self.touched.push(at as u32);
+                                }
+                                let tap = row_slot * class_cols + classes.col_slot[j as usize];
+                                let z = &products[(r * class_taps + tap) * m..][..m];
+                                for (yv, zv) in self.y[at * m..][..m].iter_mut().zip(z) {
+                                    *yv += zv;
+                                }
                             }
                         }
                     }
