@@ -1720,21 +1720,27 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
         let b = r.normal_vec(ws[0]);
         let os = ops::conv2d_output_shape(&xs, &ws, &p).unwrap();
         let mut x = r.normal_vec(numel(&xs));
-        // theta = 0: every change fires, and the accumulated output is the dense conv.
-        let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
-        delta.step(&x).unwrap(); // the first step is a keyframe
-        for frame in 0..4 {
-            // A sparse change: a fifth of the inputs move.
-            for v in x.iter_mut() {
-                if r.unit() < 0.2 {
-                    *v += r.normal();
+        // theta = 0: every change fires, and the accumulated output is the dense conv. Under every
+        // kernel instance the CPU has: the position GEMM packs dx in the instance's layout.
+        for &kernel in ops::CpuKernel::available() {
+            ops::force_kernel(Some(kernel));
+            let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+            delta.step(&x).unwrap(); // the first step is a keyframe
+            for frame in 0..4 {
+                // A sparse change: a fifth of the inputs move.
+                for v in x.iter_mut() {
+                    if r.unit() < 0.2 {
+                        *v += r.normal();
+                    }
                 }
+                delta.step(&x).unwrap();
+                assert!(delta.fired() < x.len(), "only the moved inputs fire");
+                let reference = ref_conv2d(&x, xs, &w, ws, Some(&b), &p);
+                let what = format!("delta conv x {xs:?} w {ws:?} frame {frame} ({})", kernel.name());
+                assert_close(&what, delta.output(), &reference);
             }
-            delta.step(&x).unwrap();
-            assert!(delta.fired() < x.len(), "only the moved inputs fire");
-            let reference = ref_conv2d(&x, xs, &w, ws, Some(&b), &p);
-            assert_close(&format!("delta conv x {xs:?} w {ws:?} frame {frame}"), delta.output(), &reference);
         }
+        ops::force_kernel(None);
         // theta > 0: small moves do not fire, and the output stays within theta * sum|W| of the
         // dense conv (per output), without drifting over many frames.
         let theta = 0.05;

@@ -21,7 +21,7 @@
 //! output is kept channel-major (the graph's layout) and rewritten only at touched positions.
 
 use super::conv::{conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
-use super::gemm::Kernel;
+use super::gemm::{GemmArgs, Kernel, Ld, Strided, NR_MAX};
 use super::{check_len, Activation};
 use crate::error::{Error, Result};
 
@@ -226,7 +226,8 @@ pub struct DeltaConv2d {
     moved: Vec<u8>,
     positions: Vec<u32>,
     class_positions: Vec<u32>,
-    dx_rows: Vec<f32>,
+    packed_dx: Vec<f32>,
+    gemm_tail: Vec<f32>,
     products: Vec<f32>,
     keyed: bool,
     last: DeltaStep,
@@ -305,7 +306,8 @@ impl DeltaConv2d {
             positions: Vec::with_capacity(xs[2] * xs[3]),
             class_positions: if one_group { Vec::with_capacity(xs[2] * xs[3]) } else { Vec::new() },
             group_starts: Vec::with_capacity(group),
-            dx_rows: if one_group { vec![0.0; CHUNK * xs[1]] } else { Vec::new() },
+            packed_dx: if one_group { vec![0.0; Kernel::max_packed_a_len(CHUNK, xs[1])] } else { Vec::new() },
+            gemm_tail: if one_group { vec![0.0; xs[1] * NR_MAX] } else { Vec::new() },
             products: if one_group { vec![0.0; CHUNK * kh * kw * m] } else { Vec::new() },
             keyed: false,
             last: DeltaStep::default(),
@@ -495,29 +497,41 @@ impl DeltaConv2d {
                 for chunk_at in (0..self.class_positions.len()).step_by(CHUNK) {
                     let chunk = &self.class_positions[chunk_at..(chunk_at + CHUNK).min(self.class_positions.len())];
                     let rows = chunk.len();
-                    for (r, &pos) in chunk.iter().enumerate() {
-                        let row = &mut self.dx_rows[r * c..][..c];
-                        for (ci, (d, &theta)) in row.iter_mut().zip(&self.theta).enumerate() {
-                            let k = ci * hw + pos as usize;
-                            let dx = xb[k] - rb[k];
-                            *d = if fires(dx, theta) {
-                                rb[k] = xb[k];
-                                fired += 1;
-                                dx
-                            } else {
-                                0.0
-                            };
+                    // The dx rows go straight into the GEMM kernel's packed layout (blocks of MR
+                    // positions, each [C][MR]): per block and channel, MR reads from one plane
+                    // that lie close together, and one contiguous write. Branch-free, because
+                    // sensor noise makes firing a coin toss the predictor cannot learn.
+                    let mr = kern.mr();
+                    let packed = &mut self.packed_dx[..kern.packed_a_len(rows, c)];
+                    for (block, block_at) in packed.chunks_exact_mut(mr * c).zip((0..rows).step_by(mr)) {
+                        let here = &chunk[block_at..(block_at + mr).min(rows)];
+                        for (ci, (dst, &theta)) in block.chunks_exact_mut(mr).zip(&self.theta).enumerate() {
+                            let (xp, rp) = (&xb[ci * hw..][..hw], &mut rb[ci * hw..][..hw]);
+                            for (d, &pos) in dst.iter_mut().zip(here) {
+                                let (xv, rv) = (xp[pos as usize], rp[pos as usize]);
+                                let dx = xv - rv;
+                                let f = fires(dx, theta);
+                                *d = if f { dx } else { 0.0 };
+                                rp[pos as usize] = if f { xv } else { rv };
+                                fired += usize::from(f);
+                            }
+                            dst[here.len()..].fill(0.0);
                         }
                     }
                     let width = class_taps * m;
                     let products = &mut self.products[..rows * width];
-                    super::matmul(
-                        &self.dx_rows[..rows * c],
-                        &[rows, c],
-                        &classes.weights[class],
-                        &[c, width],
-                        products,
-                    )?;
+                    let args = GemmArgs {
+                        a: packed,
+                        m: rows,
+                        k: c,
+                        b: &classes.weights[class],
+                        rows: Ld { ld: width, k: c },
+                        n: width,
+                        bias: None,
+                    };
+                    // One thread: splitting a chunk's GEMM over the pool measured no faster (the
+                    // products are small; the gather, scan and row additions dominate).
+                    kern.gemm(args, &mut self.gemm_tail, &mut Strided { out: products, ld: width, col: 0 });
                     macs += (rows * c * width) as u64;
                     for (r, &pos) in chunk.iter().enumerate() {
                         let (ih, iw) = (pos as usize / w, pos as usize % w);

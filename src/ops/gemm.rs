@@ -209,6 +209,12 @@ impl Kernel {
         m.div_ceil(self.mr()) * self.mr() * k
     }
 
+    /// The most floats any instance this CPU has needs for packed A (a buffer sized once, for
+    /// whichever instance runs later).
+    pub(crate) fn max_packed_a_len(m: usize, k: usize) -> usize {
+        Kernel::available().iter().map(|kern| kern.packed_a_len(m, k)).max().unwrap_or(0)
+    }
+
     /// Packs rows `a[r * lda..][..k]`, r < m, into `dst` ([`Self::packed_a_len`] floats): blocks
     /// of MR rows, each stored [k][MR], rows past m zero.
     pub(crate) fn pack_a(self, a: &[f32], lda: usize, m: usize, k: usize, dst: &mut [f32]) {
