@@ -350,7 +350,13 @@ fn calibrate_delta_writes_thresholds_the_stream_then_uses() {
     let best = tried.iter().map(|t| t["mac_ratio"].as_f64().unwrap()).fold(0.0, f64::max);
     assert_eq!(r["mac_ratio"].as_f64().unwrap(), best);
     let pak = kestrel::format::Kpak::open(&out, kestrel::format::Verify::Full).unwrap();
-    let want = format!("t={} t_camera={}", r["t"].as_f64().unwrap() as f32, r["t_camera"].as_f64().unwrap() as f32);
+    // The default exemption of the smallest layers (0.2% of the MACs) is written with them.
+    assert_eq!(r["exact_below"].as_f64().unwrap() as f32, 0.002);
+    let want = format!(
+        "t={} t_camera={} exact_below=0.002",
+        r["t"].as_f64().unwrap() as f32,
+        r["t_camera"].as_f64().unwrap() as f32
+    );
     assert_eq!(pak.meta("delta.relative"), Some(want.as_str()));
     // The weights and graph are the original's, byte for byte.
     let orig = kestrel::format::Kpak::open(model("rgbir-fused.kpak"), kestrel::format::Verify::Full).unwrap();

@@ -155,7 +155,7 @@ fn relative_thresholds_follow_the_scene_at_every_keyframe() {
     let (mut exec, input, _) = executor();
     let metadata = vec![(RELATIVE_METADATA_KEY.to_string(), "t=0.1 t_camera=0.05".to_string())];
     let opts = DeltaOptions::from_metadata(&metadata).unwrap();
-    assert_eq!(opts.relative, Some(RelativeThetas { t: 0.1, t_camera: 0.05 }));
+    assert_eq!(opts.relative, Some(RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.0 }));
     exec.enable_delta(DeltaOptions { keyframe_interval: 0, ..opts }).unwrap();
     exec.run(&[&input]).unwrap();
     let rms = exec.delta_input_rms();
@@ -178,4 +178,37 @@ fn relative_thresholds_follow_the_scene_at_every_keyframe() {
     for bad in ["t=0.1", "t=-1 t_camera=0.1", "t=x t_camera=1", "t=1 t_camera=1 u=2"] {
         assert!(RelativeThetas::parse(bad).is_err(), "{bad:?} parsed");
     }
+}
+
+#[test]
+fn layers_under_the_exact_below_share_keep_theta_zero() {
+    let text = "t=0.1 t_camera=0.05 exact_below=0.02";
+    let parsed = RelativeThetas::parse(text).unwrap();
+    assert_eq!(parsed, RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.02 });
+    assert_eq!(RelativeThetas::parse(&parsed.format()).unwrap(), parsed);
+    // Without the exemption the key is left out, so older readers still parse it.
+    assert_eq!(RelativeThetas { exact_below: 0.0, ..parsed }.format(), "t=0.1 t_camera=0.05");
+    for bad in ["t=0.1 t_camera=0.05 exact_below=1.5", "t=0.1 t_camera=0.05 exact_below=-0.1"] {
+        assert!(RelativeThetas::parse(bad).is_err(), "{bad:?} parsed");
+    }
+
+    let (mut exec, input, _) = executor();
+    exec.enable_delta(DeltaOptions { keyframe_interval: 0, relative: Some(parsed), ..DeltaOptions::default() })
+        .unwrap();
+    exec.run(&[&input]).unwrap();
+    let s = exec.delta_stats().unwrap().clone();
+    let total = (s.layers.iter().map(|l| l.dense_macs).sum::<u64>() + s.other_macs_per_frame) as f64;
+    let (mut exempt, mut thresholded) = (0, 0);
+    for l in &s.layers {
+        let share = l.dense_macs as f64 / total;
+        if share < 0.02 {
+            assert_eq!(l.theta, 0.0, "{}: {:.4} of the MACs, theta {}", l.name, share, l.theta);
+            exempt += 1;
+        } else {
+            assert!(l.theta > 0.0, "{}: {:.4} of the MACs kept theta 0", l.name, share);
+            thresholded += 1;
+        }
+    }
+    // The fixture has layers on both sides of 2%, so both branches were checked.
+    assert!(exempt > 0 && thresholded > 0, "exempt {exempt}, thresholded {thresholded}");
 }

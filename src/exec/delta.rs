@@ -24,19 +24,27 @@ pub const RELATIVE_METADATA_KEY: &str = "delta.relative";
 /// becomes a multiple of that channel's RMS over the keyframe's input (floored at a tenth of the
 /// layer's RMS, so a nearly constant channel does not fire on every rounding). A dark night frame
 /// then gets thresholds as small as its signal, a bright day frame larger ones.
+///
+/// Layers whose share of the model's dense multiply-adds is below `exact_below` keep theta 0:
+/// a threshold there saves almost nothing, but the small layers are where errors cost most (the
+/// detection head's last convs, attention gates, the box distribution). On the shipped fused
+/// detector, exempting layers under 0.2% of the MACs took the held-out mAP@0.5 drop from 2.5 to
+/// under 1 point for 5% of the MAC saving.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RelativeThetas {
     /// Multiple for layers that do not read a camera.
     pub t: f32,
     /// Multiple for layers that read a camera (they see its sensor noise first-hand).
     pub t_camera: f32,
+    /// Share of the model's dense MACs per frame below which a layer runs exact (0: none).
+    pub exact_below: f32,
 }
 
 impl RelativeThetas {
-    /// Parses `t=0.2 t_camera=0.03`.
+    /// Parses `t=0.2 t_camera=0.03`, optionally followed by `exact_below=0.002`.
     pub fn parse(text: &str) -> Result<RelativeThetas> {
         let bad = |why: &str| Error::InvalidArgument { reason: format!("{RELATIVE_METADATA_KEY} '{text}': {why}") };
-        let (mut t, mut t_camera) = (None, None);
+        let (mut t, mut t_camera, mut exact_below) = (None, None, 0.0);
         for part in text.split_whitespace() {
             let (k, v) = part.split_once('=').ok_or_else(|| bad("expected t=... t_camera=..."))?;
             let v: f32 = v.parse().map_err(|_| bad("not a number"))?;
@@ -46,17 +54,22 @@ impl RelativeThetas {
             match k {
                 "t" => t = Some(v),
                 "t_camera" => t_camera = Some(v),
+                "exact_below" if v <= 1.0 => exact_below = v,
+                "exact_below" => return Err(bad("exact_below is a share of the MACs, at most 1")),
                 _ => return Err(bad("unknown key")),
             }
         }
         match (t, t_camera) {
-            (Some(t), Some(t_camera)) => Ok(RelativeThetas { t, t_camera }),
+            (Some(t), Some(t_camera)) => Ok(RelativeThetas { t, t_camera, exact_below }),
             _ => Err(bad("needs both t and t_camera")),
         }
     }
 
     pub fn format(&self) -> String {
-        format!("t={} t_camera={}", self.t, self.t_camera)
+        match self.exact_below {
+            0.0 => format!("t={} t_camera={}", self.t, self.t_camera),
+            e => format!("t={} t_camera={} exact_below={e}", self.t, self.t_camera),
+        }
     }
 }
 
@@ -118,7 +131,8 @@ impl DeltaOptions {
             }
         }
         if let Some(r) = self.relative {
-            if !(r.t.is_finite() && r.t >= 0.0 && r.t_camera.is_finite() && r.t_camera >= 0.0) {
+            let fine = |v: f32| v.is_finite() && v >= 0.0;
+            if !(fine(r.t) && fine(r.t_camera) && fine(r.exact_below) && r.exact_below <= 1.0) {
                 return Err(Error::InvalidArgument {
                     reason: format!("delta relative thresholds {r:?}: must be finite and >= 0"),
                 });
@@ -327,6 +341,8 @@ pub(crate) struct DeltaMode {
     pub since_key: Option<usize>,
     /// Per step: (channels, values per channel per image) of its input, for relative thresholds.
     pub input_layout: Vec<(usize, usize)>,
+    /// Dense multiply-adds of the whole graph per frame (what `exact_below` is a share of).
+    total_dense_macs: u64,
     /// Scratch for relative thresholds: per-channel sums and thetas (the widest layer's size).
     sums: Vec<f64>,
     thetas: Vec<f32>,
@@ -367,7 +383,9 @@ impl DeltaMode {
             }
         }
         let widest = input_layout.iter().map(|l| l.0).max().unwrap_or(0);
+        let total_dense_macs = stats.layers.iter().map(|l| l.dense_macs).sum::<u64>() + other_macs_per_frame;
         Ok(DeltaMode {
+            total_dense_macs,
             opts,
             layers,
             reads_input,
@@ -406,7 +424,12 @@ impl DeltaMode {
         s.macs += step.macs;
         s.dense_frames += u64::from(step.keyed);
         if let (true, Some(r)) = (step.keyed, self.opts.relative) {
-            let mult = if self.reads_input[si] { r.t_camera } else { r.t };
+            let small = (s.dense_macs as f64) < r.exact_below as f64 * self.total_dense_macs as f64;
+            let mult = match (small, self.reads_input[si]) {
+                (true, _) => 0.0,
+                (false, true) => r.t_camera,
+                (false, false) => r.t,
+            };
             let (c, inner) = self.input_layout[si];
             let sums = &mut self.sums[..c];
             channel_mean_squares(layer.reference_input(), inner, sums);

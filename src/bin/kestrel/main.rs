@@ -296,7 +296,9 @@ enum Command {
         max_drop: f64,
         /// Smallest agreement with dense: mAP@0.5 of the delta detections against the dense
         /// ones (score >= 0.25) as labels. Guards against a sequence too easy for mAP to move.
-        #[arg(long, default_value_t = 0.97)]
+        /// (On the shipped detector, agreement on a held-out sequence ran 1 to 2 points below
+        /// the calibration sequence's, and a 0.97 floor let held-out mAP drop 2.8 points.)
+        #[arg(long, default_value_t = 0.98)]
         min_agreement: f64,
         /// Write the calibrated model here instead of over --model.
         #[arg(long)]

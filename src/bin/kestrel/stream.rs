@@ -34,7 +34,15 @@ pub struct DeltaArgs {
     /// Fired fraction of a layer's input above which it runs dense for the frame.
     #[arg(long, value_name = "FRACTION", default_value_t = DeltaOptions::default().dense_above)]
     pub dense_above: f32,
+    /// With scene-relative thresholds: layers under this share of the model's dense MACs run
+    /// exact (theta 0), since a threshold there saves little and costs accuracy. Default: the
+    /// model's calibrated value (eval, detect), or 0.002 (calibrate-delta).
+    #[arg(long, value_name = "SHARE")]
+    pub exact_below: Option<f32>,
 }
+
+/// `--exact-below` when calibrating, unless given.
+const CALIBRATE_EXACT_BELOW: f32 = 0.002;
 
 impl DeltaArgs {
     /// The delta options for `det`, or None without `--delta`.
@@ -48,6 +56,9 @@ impl DeltaArgs {
         }
         opts.keyframe_interval = self.keyframe_every;
         opts.dense_above = self.dense_above;
+        if let (Some(r), Some(e)) = (opts.relative.as_mut(), self.exact_below) {
+            r.exact_below = e;
+        }
         Ok(Some(opts))
     }
 }
@@ -299,6 +310,10 @@ pub fn calibrate_delta_cmd(
         dense_above: delta.dense_above,
         ..DeltaOptions::default()
     };
+    let exact_below = delta.exact_below.unwrap_or(CALIBRATE_EXACT_BELOW);
+    if !(0.0..=1.0).contains(&exact_below) {
+        return Err(Error::InvalidArgument { reason: format!("--exact-below {exact_below}: a share in [0, 1]") });
+    }
     let dense_pass = run_passes(&mut [&mut dense], &frames, "dense")?.remove(0);
     let dense_macs = dense.dense_macs() * frames.len() as u64;
     let tty = std::io::stderr().is_terminal();
@@ -309,7 +324,7 @@ pub fn calibrate_delta_cmd(
             if t_camera > t {
                 continue;
             }
-            let relative = RelativeThetas { t, t_camera };
+            let relative = RelativeThetas { t, t_camera, exact_below };
             let mut det = m.open(options)?;
             det.enable_delta(DeltaOptions { relative: Some(relative), ..base.clone() })?;
             let pass = run_passes(&mut [&mut det], &frames, "")?.remove(0);
@@ -354,7 +369,7 @@ pub fn calibrate_delta_cmd(
     )?;
     drop(pak);
     w.write(target)?;
-    let report = json!({"model": target.display().to_string(), "t": relative.t, "t_camera": relative.t_camera,
+    let report = json!({"model": target.display().to_string(), "t": relative.t, "t_camera": relative.t_camera, "exact_below": relative.exact_below,
                         "mac_ratio": ratio, "dense_map50": dense_pass.map50, "tried": tried});
     if json {
         println!("{report}");
