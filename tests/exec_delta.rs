@@ -192,10 +192,16 @@ fn layers_under_the_exact_below_share_keep_theta_zero() {
         assert!(RelativeThetas::parse(bad).is_err(), "{bad:?} parsed");
     }
 
-    let (mut exec, input, _) = executor();
+    let (mut exec, input, shape) = executor();
+    let (mut dense, _, _) = executor();
     exec.enable_delta(DeltaOptions { keyframe_interval: 0, relative: Some(parsed), ..DeltaOptions::default() })
         .unwrap();
-    exec.run(&[&input]).unwrap();
+    // A keyframe, then a frame where a patch moved.
+    let moved = move_patch(&input, &shape, 4, 4, 6, &mut SplitMix64::new(7));
+    for frame in [&input, &moved] {
+        exec.run(&[frame]).unwrap();
+        dense.run(&[frame]).unwrap();
+    }
     let s = exec.delta_stats().unwrap().clone();
     let total = (s.layers.iter().map(|l| l.dense_macs).sum::<u64>() + s.other_macs_per_frame) as f64;
     let (mut exempt, mut thresholded) = (0, 0);
@@ -203,6 +209,8 @@ fn layers_under_the_exact_below_share_keep_theta_zero() {
         let share = l.dense_macs as f64 / total;
         if share < 0.02 {
             assert_eq!(l.theta, 0.0, "{}: {:.4} of the MACs, theta {}", l.name, share, l.theta);
+            // It ran as the dense op on both frames.
+            assert_eq!((l.dense_frames, l.macs, l.fired), (2, 2 * l.dense_macs, 2 * l.inputs), "{}", l.name);
             exempt += 1;
         } else {
             assert!(l.theta > 0.0, "{}: {:.4} of the MACs kept theta 0", l.name, share);
@@ -211,4 +219,9 @@ fn layers_under_the_exact_below_share_keep_theta_zero() {
     }
     // The fixture has layers on both sides of 2%, so both branches were checked.
     assert!(exempt > 0 && thresholded > 0, "exempt {exempt}, thresholded {thresholded}");
+    // Thresholds moved the outputs only a little from the dense run's.
+    for o in 0..dense.num_outputs() {
+        let err = rel_l2(exec.output(o), dense.output(o));
+        assert!(err < 0.1, "output {o}: relative L2 {err:.2e} against dense");
+    }
 }

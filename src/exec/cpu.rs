@@ -386,6 +386,9 @@ impl CpuExecutor {
                 op: step.kind.name().into(),
                 reason: e.to_string(),
             })?;
+            if let Some(d) = self.delta.as_mut().filter(|d| d.exact[si]) {
+                d.ran_exact(si);
+            }
             if let Some(max) = self.act_max.get_mut(si).filter(|m| !m.is_empty()) {
                 let o = &o[0];
                 let y = match o.loc {

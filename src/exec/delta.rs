@@ -12,7 +12,7 @@
 //! gives a default and per-layer values; [`DeltaOptions`] can override both.
 
 use crate::error::{Error, Result};
-use crate::ops::{self, DeltaStep};
+use crate::ops::{self, DeltaScratch, DeltaStep};
 
 /// Per-layer thresholds: (node name, one theta or one per input channel).
 pub type LayerThetas = Vec<(String, Vec<f32>)>;
@@ -310,14 +310,14 @@ impl Layer {
         }
     }
 
-    fn run(&mut self, x: &[f32], key: bool, dense_above: f32) -> Result<DeltaStep> {
+    fn run(&mut self, x: &[f32], key: bool, dense_above: f32, scratch: &mut DeltaScratch) -> Result<DeltaStep> {
         let max_fired = (dense_above as f64 * self.input_len() as f64) as usize;
         match (self, key) {
             (Layer::Conv(l), true) => {
                 l.keyframe(x)?;
                 Ok(l.last_step())
             }
-            (Layer::Conv(l), false) => l.step_bounded(x, max_fired),
+            (Layer::Conv(l), false) => l.step_bounded_in(x, max_fired, scratch),
             (Layer::Linear(l), true) => {
                 l.keyframe(x)?;
                 Ok(l.last_step())
@@ -330,8 +330,12 @@ impl Layer {
 /// Everything delta mode adds to a CPU executor.
 pub(crate) struct DeltaMode {
     pub opts: DeltaOptions,
-    /// Per step: its delta state, for conv and linear steps with constant weights.
+    /// Per step: its delta state, for conv and linear steps with constant weights (except the
+    /// exact ones).
     pub layers: Vec<Option<Layer>>,
+    /// Per step: a layer under `exact_below` of the MACs. It runs as the plain dense op: with
+    /// theta 0 nearly every entry fires, so a delta state would only add a scan and copies.
+    pub exact: Vec<bool>,
     /// Per step: whether it reads a graph input (a fallback there is a scene cut).
     pub reads_input: Vec<bool>,
     /// Index into `stats.layers` per step.
@@ -341,8 +345,8 @@ pub(crate) struct DeltaMode {
     pub since_key: Option<usize>,
     /// Per step: (channels, values per channel per image) of its input, for relative thresholds.
     pub input_layout: Vec<(usize, usize)>,
-    /// Dense multiply-adds of the whole graph per frame (what `exact_below` is a share of).
-    total_dense_macs: u64,
+    /// Per-thread scratch of the conv steps, shared by every layer (they run one at a time).
+    scratch: DeltaScratch,
     /// Scratch for relative thresholds: per-channel sums and thetas (the widest layer's size).
     sums: Vec<f64>,
     thetas: Vec<f32>,
@@ -384,10 +388,29 @@ impl DeltaMode {
         }
         let widest = input_layout.iter().map(|l| l.0).max().unwrap_or(0);
         let total_dense_macs = stats.layers.iter().map(|l| l.dense_macs).sum::<u64>() + other_macs_per_frame;
+        let mut layers = layers;
+        let mut exact = vec![false; layers.len()];
+        if let Some(r) = opts.relative {
+            for (si, l) in layers.iter_mut().enumerate() {
+                if l.is_some()
+                    && (stats.layers[stat_of[si]].dense_macs as f64) < r.exact_below as f64 * total_dense_macs as f64
+                {
+                    (exact[si], *l) = (true, None);
+                    stats.layers[stat_of[si]].theta = 0.0;
+                }
+            }
+        }
+        let mut scratch = DeltaScratch::new();
+        for l in layers.iter().flatten() {
+            if let Layer::Conv(conv) = l {
+                scratch.fit(conv);
+            }
+        }
         Ok(DeltaMode {
-            total_dense_macs,
+            scratch,
             opts,
             layers,
+            exact,
             reads_input,
             stat_of,
             stats,
@@ -414,7 +437,7 @@ impl DeltaMode {
     pub(crate) fn run(&mut self, si: usize, x: &[f32], frame: &mut Frame) -> Result<&[f32]> {
         let layer = self.layers[si].as_mut().expect("called for delta steps only");
         let dense = frame.key || frame.cut;
-        let step = layer.run(x, dense, self.opts.dense_above)?;
+        let step = layer.run(x, dense, self.opts.dense_above, &mut self.scratch)?;
         if step.keyed && !dense && self.reads_input[si] {
             frame.cut = true;
             self.stats.scene_cuts += 1;
@@ -424,12 +447,7 @@ impl DeltaMode {
         s.macs += step.macs;
         s.dense_frames += u64::from(step.keyed);
         if let (true, Some(r)) = (step.keyed, self.opts.relative) {
-            let small = (s.dense_macs as f64) < r.exact_below as f64 * self.total_dense_macs as f64;
-            let mult = match (small, self.reads_input[si]) {
-                (true, _) => 0.0,
-                (false, true) => r.t_camera,
-                (false, false) => r.t,
-            };
+            let mult = if self.reads_input[si] { r.t_camera } else { r.t };
             let (c, inner) = self.input_layout[si];
             let sums = &mut self.sums[..c];
             channel_mean_squares(layer.reference_input(), inner, sums);
@@ -442,6 +460,12 @@ impl DeltaMode {
             s.theta = thetas.iter().sum::<f32>() / c.max(1) as f32;
         }
         Ok(layer.output())
+    }
+
+    /// Counts a frame of exact step `si`, which ran as the dense op.
+    pub(crate) fn ran_exact(&mut self, si: usize) {
+        let s = &mut self.stats.layers[self.stat_of[si]];
+        (s.fired, s.macs, s.dense_frames) = (s.fired + s.inputs, s.macs + s.dense_macs, s.dense_frames + 1);
     }
 
     /// The next frame is a keyframe.

@@ -22,7 +22,7 @@
 
 use super::conv::{conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
 use super::gemm::{GemmArgs, Kernel, Ld, Strided, NR_MAX};
-use super::{check_len, Activation};
+use super::{check_len, parallel_items, pool_threads, workers_for, Activation, SharedMut};
 use crate::error::{Error, Result};
 
 fn check_theta(op: &str, theta: f32) -> Result<()> {
@@ -209,28 +209,85 @@ pub struct DeltaConv2d {
     y: Vec<f32>,
     /// act(y), channel-major [N, M, OH, OW].
     out: Vec<f32>,
-    /// Per output position (of all N), the step that last touched it; `touched` lists this step's.
+    /// Per output position (of all N), the step that last touched it (the lanes' `touched`
+    /// lists hold this step's).
     mark: Vec<u32>,
-    touched: Vec<u32>,
     generation: u32,
-    /// Scratch: the fired (weight offset, dx) of one input position, and one output row.
+    /// Scratch of the scatter: the fired (weight offset, dx) of one input position.
     fired_here: Vec<(u32, f32)>,
-    row: Vec<f32>,
     /// Per moved position: (group, first index in `fired_here`) of each group's fired run.
     group_starts: Vec<(usize, usize)>,
     /// The one-group GEMM's right operands, one per stride residue class (see [`TapClasses`]).
     classes: TapClasses,
-    /// Scratch: which input positions moved, their list, the moved positions of one residue class,
-    /// and for the one-group GEMM the dx rows of one chunk of them ([CHUNK, C]) and their
-    /// products with the class's taps ([CHUNK, class taps * M]).
+    /// Scratch of one image: which input positions moved, their list, and the fired part of
+    /// x - x_ref ([C, H*W], 0 where nothing fired).
     moved: Vec<u8>,
     positions: Vec<u32>,
+    dx: Vec<f32>,
+    /// Per-thread scratch for standalone use; in a graph the executor passes one shared by
+    /// every layer instead ([`DeltaConv2d::step_bounded_in`]), and this stays empty.
+    own: DeltaScratch,
+    keyed: bool,
+    last: DeltaStep,
+}
+
+/// Per-thread scratch of the delta conv's one-group path: the moved positions of one residue
+/// class, the dx rows of one chunk of them in the GEMM kernel's packed layout ([CHUNK, C]),
+/// their products with the class's taps ([CHUNK, class taps * M]), the outputs this thread
+/// touched and one output row. Layers run one at a time, so an executor keeps one of these for
+/// all its layers, sized to the largest ([`DeltaScratch::fit`]).
+#[derive(Clone, Debug, Default)]
+pub struct DeltaScratch {
+    lanes: Vec<Lane>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Lane {
     class_positions: Vec<u32>,
     packed_dx: Vec<f32>,
     gemm_tail: Vec<f32>,
     products: Vec<f32>,
-    keyed: bool,
-    last: DeltaStep,
+    touched: Vec<u32>,
+    row: Vec<f32>,
+    macs: u64,
+}
+
+/// Lanes of a [`DeltaScratch`]: the threads one delta step may use. More would multiply the
+/// scratch (megabytes per lane for a wide layer) for little: the step is memory-bound.
+const MAX_LANES: usize = 4;
+
+impl DeltaScratch {
+    pub fn new() -> DeltaScratch {
+        DeltaScratch::default()
+    }
+
+    /// Grows the scratch to what `layer` needs (a no-op once it fits: steps never allocate).
+    pub fn fit(&mut self, layer: &DeltaConv2d) {
+        let [n, c, h, w] = layer.x_shape;
+        let [m, _, kh, kw] = layer.w_shape;
+        let [_, _, oh, ow] = layer.out_shape;
+        let lanes = pool_threads().clamp(1, MAX_LANES);
+        if self.lanes.len() < lanes {
+            self.lanes.resize_with(lanes, Lane::default);
+        }
+        let one_group = layer.group == 1;
+        let grow_f32 = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        for lane in &mut self.lanes {
+            let reserve = |v: &mut Vec<u32>, len: usize| v.reserve(len.saturating_sub(v.len()));
+            reserve(&mut lane.touched, n * oh * ow);
+            grow_f32(&mut lane.row, m);
+            if one_group {
+                reserve(&mut lane.class_positions, h * w);
+                grow_f32(&mut lane.packed_dx, Kernel::max_packed_a_len(CHUNK, c));
+                grow_f32(&mut lane.gemm_tail, c * NR_MAX);
+                grow_f32(&mut lane.products, CHUNK * kh * kw * m);
+            }
+        }
+    }
 }
 
 impl DeltaConv2d {
@@ -298,17 +355,13 @@ impl DeltaConv2d {
             y: vec![0.0; out_shape.iter().product()],
             out: vec![0.0; out_shape.iter().product()],
             mark: vec![0; positions],
-            touched: Vec::with_capacity(positions),
             generation: 0,
             fired_here: Vec::with_capacity(xs[1]),
-            row: vec![0.0; m],
             moved: vec![0; xs[2] * xs[3]],
             positions: Vec::with_capacity(xs[2] * xs[3]),
-            class_positions: if one_group { Vec::with_capacity(xs[2] * xs[3]) } else { Vec::new() },
+            dx: vec![0.0; xs[1] * xs[2] * xs[3]],
             group_starts: Vec::with_capacity(group),
-            packed_dx: if one_group { vec![0.0; Kernel::max_packed_a_len(CHUNK, xs[1])] } else { Vec::new() },
-            gemm_tail: if one_group { vec![0.0; xs[1] * NR_MAX] } else { Vec::new() },
-            products: if one_group { vec![0.0; CHUNK * kh * kw * m] } else { Vec::new() },
+            own: DeltaScratch::new(),
             keyed: false,
             last: DeltaStep::default(),
         })
@@ -397,11 +450,22 @@ impl DeltaConv2d {
     /// keyframe: past that point the dense conv is cheaper than the scatter (and a frame where
     /// most of the input moved is a scene cut).
     pub fn step_bounded(&mut self, x: &[f32], max_fired: usize) -> Result<DeltaStep> {
+        let mut own = std::mem::take(&mut self.own);
+        own.fit(self);
+        let step = self.step_bounded_in(x, max_fired, &mut own);
+        self.own = own;
+        step
+    }
+
+    /// [`DeltaConv2d::step_bounded`] with scratch shared between layers (fitted to this one with
+    /// [`DeltaScratch::fit`]; a scratch that does not fit is an error, never a reallocation).
+    pub fn step_bounded_in(&mut self, x: &[f32], max_fired: usize, scratch: &mut DeltaScratch) -> Result<DeltaStep> {
         if !self.keyed {
             self.keyframe(x)?;
             return Ok(self.last);
         }
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
+        self.check_scratch(scratch)?;
         let kern = Kernel::current();
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -409,65 +473,60 @@ impl DeltaConv2d {
             self.mark.fill(0);
             self.generation = 1;
         }
-        self.touched.clear();
-        self.step_moved(x, max_fired, kern)
-    }
-
-    /// A delta step. One vectorised pass per channel plane finds the moved input positions;
-    /// then, for a one-group conv whose firing is dense within positions, every moved position
-    /// becomes one row of dx (the channels that did not fire are 0 there, and keep their
-    /// reference), and a chunk of such rows times the weights of all taps is one GEMM whose rows
-    /// are added into the outputs each tap reaches: work proportional to the moved positions, at
-    /// the GEMM kernel's speed. Otherwise (and for grouped convs) each moved position's fired
-    /// channels are scattered entry by entry.
-    fn step_moved(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
-        match kern {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
-            Kernel::Avx512 => unsafe { self.step_moved_avx512(x, max_fired, kern) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Kernel::Avx2Fma => unsafe { self.step_moved_avx2(x, max_fired, kern) },
-            _ => self.step_moved_body(x, max_fired, kern),
+        for lane in &mut scratch.lanes {
+            lane.touched.clear();
+            lane.macs = 0;
         }
+        self.step_moved(x, max_fired, kern, &mut scratch.lanes)
     }
 
-    /// The scan, gather and row additions at 16 lanes.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn step_moved_avx512(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
-        self.step_moved_body(x, max_fired, kern)
+    fn check_scratch(&self, scratch: &DeltaScratch) -> Result<()> {
+        let [n, c, h, w] = self.x_shape;
+        let [m, _, kh, kw] = self.w_shape;
+        let [_, _, oh, ow] = self.out_shape;
+        let one_group = self.group == 1;
+        let fits = |l: &Lane| {
+            l.touched.capacity() >= n * oh * ow
+                && l.row.len() >= m
+                && (!one_group
+                    || (l.class_positions.capacity() >= h * w
+                        && l.packed_dx.len() >= Kernel::max_packed_a_len(CHUNK, c)
+                        && l.gemm_tail.len() >= c * NR_MAX
+                        && l.products.len() >= CHUNK * kh * kw * m))
+        };
+        if scratch.lanes.is_empty() || !scratch.lanes.iter().all(fits) {
+            return Err(Error::InvalidArgument {
+                reason: "delta_conv2d: the shared scratch was not fitted to this layer".into(),
+            });
+        }
+        Ok(())
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn step_moved_avx2(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
-        self.step_moved_body(x, max_fired, kern)
-    }
-
-    #[inline(always)]
-    fn step_moved_body(&mut self, x: &[f32], max_fired: usize, kern: Kernel) -> Result<DeltaStep> {
+    /// A delta step, in three passes that split over the worker pool when the layer is large.
+    ///
+    /// 1. The scan: per channel plane, one contiguous, vectorised pass over a range of positions
+    ///    marks the moved positions, writes the fired part of x - x_ref to `dx` and moves x_ref
+    ///    where an entry fired.
+    /// 2. For a one-group conv whose firing is dense within positions, the position GEMM: every
+    ///    moved position becomes one row of dx, and a chunk of such rows times the weights of
+    ///    the taps its stride class reaches is one GEMM whose rows are added into the outputs
+    ///    each tap reaches: work proportional to the moved positions, at the GEMM kernel's
+    ///    speed. Threads take bands of input rows; a band is at least one kernel extent tall,
+    ///    so the even bands reach disjoint outputs, then the odd ones do. Otherwise (and for
+    ///    grouped convs) each moved position's fired channels are scattered entry by entry.
+    /// 3. act(y) is rewritten at the touched outputs, each thread at its own.
+    fn step_moved(&mut self, x: &[f32], max_fired: usize, kern: Kernel, lanes: &mut [Lane]) -> Result<DeltaStep> {
         let [n, c, h, w] = self.x_shape;
         let m = self.w_shape[0];
         let [_, _, oh, ow] = self.out_shape;
         let (hw, ohw) = (h * w, oh * ow);
+        let threads = lanes.len();
         let (mut fired, mut macs) = (0usize, 0u64);
         for b in 0..n {
-            let (xb, rb) = (&x[b * c * hw..][..c * hw], &mut self.x_ref[b * c * hw..][..c * hw]);
-            // Which positions moved, and how many entries fire: one contiguous, vectorisable
-            // pass per channel plane.
-            self.moved.fill(0);
-            let mut firing = 0usize;
-            for (ci, &theta) in self.theta.iter().enumerate() {
-                let (xp, rp) = (&xb[ci * hw..][..hw], &rb[ci * hw..][..hw]);
-                for ((mv, &xv), &rv) in self.moved.iter_mut().zip(xp).zip(rp) {
-                    let dx = xv - rv;
-                    let f = u8::from(dx != 0.0) & u8::from(dx.abs() >= theta);
-                    *mv |= f;
-                    firing += f as usize;
-                }
-            }
-            if firing.saturating_add(fired) > max_fired {
+            let xb = &x[b * c * hw..][..c * hw];
+            let firing = self.scan(b, xb, kern, threads);
+            fired = fired.saturating_add(firing);
+            if fired > max_fired {
                 self.keyframe(x)?;
                 return Ok(self.last);
             }
@@ -477,91 +536,92 @@ impl DeltaConv2d {
             // multiply-adds, at several times its speed: it wins unless the firing is very
             // scattered across channels.
             if self.group > 1 || self.positions.len() * c > GEMM_ADVANTAGE * firing {
-                let (f, mc) = self.scatter_positions(b, x, kern);
-                fired += f;
-                macs += mc;
+                macs += self.scatter_positions(b, kern, &mut lanes[0]);
                 continue;
             }
-            for class in 0..self.classes.count() {
-                let class_taps = self.classes.taps(class);
-                self.class_positions.clear();
-                if class_taps == 0 {
-                    // A stride wider than the kernel: these inputs reach no output at all.
-                    continue;
-                }
-                let classes = &self.classes;
-                self.class_positions.extend(
-                    self.positions.iter().copied().filter(|&p| classes.of(p as usize / w, p as usize % w) == class),
-                );
-                let class_cols = classes.cols[class];
-                for chunk_at in (0..self.class_positions.len()).step_by(CHUNK) {
-                    let chunk = &self.class_positions[chunk_at..(chunk_at + CHUNK).min(self.class_positions.len())];
-                    let rows = chunk.len();
-                    // The dx rows go straight into the GEMM kernel's packed layout (blocks of MR
-                    // positions, each [C][MR]): per block and channel, MR reads from one plane
-                    // that lie close together, and one contiguous write. Branch-free, because
-                    // sensor noise makes firing a coin toss the predictor cannot learn.
-                    let mr = kern.mr();
-                    let packed = &mut self.packed_dx[..kern.packed_a_len(rows, c)];
-                    for (block, block_at) in packed.chunks_exact_mut(mr * c).zip((0..rows).step_by(mr)) {
-                        let here = &chunk[block_at..(block_at + mr).min(rows)];
-                        for (ci, (dst, &theta)) in block.chunks_exact_mut(mr).zip(&self.theta).enumerate() {
-                            let (xp, rp) = (&xb[ci * hw..][..hw], &mut rb[ci * hw..][..hw]);
-                            for (d, &pos) in dst.iter_mut().zip(here) {
-                                let (xv, rv) = (xp[pos as usize], rp[pos as usize]);
-                                let dx = xv - rv;
-                                let f = fires(dx, theta);
-                                *d = if f { dx } else { 0.0 };
-                                rp[pos as usize] = if f { xv } else { rv };
-                                fired += usize::from(f);
-                            }
-                            dst[here.len()..].fill(0.0);
-                        }
-                    }
-                    let width = class_taps * m;
-                    let products = &mut self.products[..rows * width];
-                    let args = GemmArgs {
-                        a: packed,
-                        m: rows,
-                        k: c,
-                        b: &classes.weights[class],
-                        rows: Ld { ld: width, k: c },
-                        n: width,
-                        bias: None,
-                    };
-                    // One thread: splitting a chunk's GEMM over the pool measured no faster (the
-                    // products are small; the gather, scan and row additions dominate).
-                    kern.gemm(args, &mut self.gemm_tail, &mut Strided { out: products, ld: width, col: 0 });
-                    macs += (rows * c * width) as u64;
-                    for (r, &pos) in chunk.iter().enumerate() {
-                        let (ih, iw) = (pos as usize / w, pos as usize % w);
-                        for &(i, orow) in self.rows.of(ih) {
-                            let row_slot = classes.row_slot[i as usize];
-                            for &(j, ocol) in self.cols.of(iw) {
-                                let at = b * ohw + orow as usize * ow + ocol as usize;
-                                if self.mark[at] != self.generation {
-                                    self.mark[at] = self.generation;
-                                    self.touched.push(at as u32);
-                                }
-                                let tap = row_slot * class_cols + classes.col_slot[j as usize];
-                                let z = &products[(r * class_taps + tap) * m..][..m];
-                                for (yv, zv) in self.y[at * m..][..m].iter_mut().zip(z) {
-                                    *yv += zv;
-                                }
-                            }
-                        }
-                    }
-                }
+            let extent = (self.w_shape[2] - 1) * self.linear.dilations[0] + 1;
+            let work = self.positions.len() * c * self.w_shape[2] * self.w_shape[3] * m;
+            let threads = workers_for(work, threads);
+            // Bands: two per thread per phase (so a late thread evens out), each >= extent rows.
+            let bands = if threads > 1 { (4 * threads).min(h / extent.max(1)) & !1 } else { 1 };
+            let bands = if bands >= 2 * threads { bands } else { 1 };
+            let band_rows = h.div_ceil(bands);
+            let bands = h.div_ceil(band_rows);
+            let band = BandJob {
+                kern,
+                b,
+                positions: &self.positions,
+                dx: &self.dx,
+                classes: &self.classes,
+                rows: &self.rows,
+                cols: &self.cols,
+                c,
+                w,
+                m,
+                ow,
+                ohw,
+                generation: self.generation,
+                y: SharedMut::new(&mut self.y),
+                mark: SharedMut::new(&mut self.mark),
+                lanes: SharedMut::new(lanes),
+            };
+            for parity in 0..2usize.min(bands) {
+                let items = (bands - parity).div_ceil(2);
+                parallel_items(items, threads, |item, lane| {
+                    let at = (2 * item + parity) * band_rows;
+                    band.run(at..(at + band_rows).min(h), lane);
+                });
             }
         }
-        self.refresh_touched(kern);
+        let touched: usize = lanes.iter().map(|l| l.touched.len()).sum();
+        let refresh = Refresh {
+            kern,
+            y: &self.y,
+            activation: &self.activation,
+            m,
+            ohw,
+            out: SharedMut::new(&mut self.out),
+            lanes: SharedMut::new(lanes),
+        };
+        parallel_items(threads, workers_for(touched * m * 8, threads), |lane, _| refresh.run(lane));
+        // Every fired entry was counted by the scan (the passes after it use each once).
+        macs += lanes.iter().map(|l| l.macs).sum::<u64>();
         self.last = DeltaStep { fired, macs, keyed: false };
         Ok(self.last)
     }
 
+    /// Pass 1 of a step on image `b`: marks the moved positions, writes the fired part of
+    /// x - x_ref to `dx`, moves x_ref where an entry fired, and returns the fired count.
+    fn scan(&mut self, b: usize, xb: &[f32], kern: Kernel, threads: usize) -> usize {
+        let [_, c, h, w] = self.x_shape;
+        let hw = h * w;
+        // Ranges of whole cache lines, about four per thread.
+        let threads = workers_for(c * hw * 4, threads);
+        let span = hw.div_ceil(4 * threads).next_multiple_of(16).max(16);
+        let items = hw.div_ceil(span);
+        let total = std::sync::atomic::AtomicUsize::new(0);
+        let (theta, moved) = (&self.theta, SharedMut::new(&mut self.moved));
+        let (x_ref, dx) = (SharedMut::new(&mut self.x_ref[b * c * hw..][..c * hw]), SharedMut::new(&mut self.dx));
+        parallel_items(items, threads, |item, _| {
+            let (from, len) = (item * span, span.min(hw - item * span));
+            // SAFETY: item i alone covers positions from..from + len of every plane.
+            let mv = unsafe { moved.range(from, len) };
+            mv.fill(0);
+            let mut firing = 0;
+            for (ci, &theta) in theta.iter().enumerate() {
+                let at = ci * hw + from;
+                // SAFETY: as above.
+                let (rp, dp) = unsafe { (x_ref.range(at, len), dx.range(at, len)) };
+                firing += scan_plane(kern, &xb[at..][..len], rp, dp, mv, theta);
+            }
+            total.fetch_add(firing, std::sync::atomic::Ordering::Relaxed);
+        });
+        total.into_inner()
+    }
+
     /// The scatter of the moved positions of image `b`, entry by entry (four fired channels of a
-    /// group per pass of the group's output row): (fired entries, multiply-adds).
-    fn scatter_positions(&mut self, b: usize, x: &[f32], kern: Kernel) -> (usize, u64) {
+    /// group per pass of the group's output row): the multiply-adds done.
+    fn scatter_positions(&mut self, b: usize, kern: Kernel, lane: &mut Lane) -> u64 {
         let [_, c, h, w] = self.x_shape;
         let [m, cg, kh, kw] = self.w_shape;
         let [_, _, oh, ow] = self.out_shape;
@@ -570,18 +630,15 @@ impl DeltaConv2d {
         // One group: [C, kH kW, M]; grouped: [group, kH kW, C/group, M/group].
         let (one, tap_stride) = (self.group == 1, if self.group == 1 { m } else { cg * mg });
         let base = |ci: usize| if one { ci * taps * m } else { ((ci / cg) * taps * cg + ci % cg) * mg };
-        let xb = &x[b * c * hw..][..c * hw];
-        let rb = &mut self.x_ref[b * c * hw..][..c * hw];
-        let (mut fired, mut macs) = (0usize, 0u64);
+        let mut macs = 0u64;
         for &pos in &self.positions {
             let pos = pos as usize;
             self.fired_here.clear();
             self.group_starts.clear();
-            for (ci, &theta) in self.theta.iter().enumerate() {
-                let k = ci * hw + pos;
-                let dx = xb[k] - rb[k];
-                if fires(dx, theta) {
-                    rb[k] = xb[k];
+            for ci in 0..c {
+                let dx = self.dx[ci * hw + pos];
+                // The scan left dx at 0 wherever nothing fired.
+                if dx != 0.0 {
                     // Channels come in order, so each group's fired entries are one run.
                     if self.group_starts.last().is_none_or(|&(g, _)| g != ci / cg) {
                         self.group_starts.push((ci / cg, self.fired_here.len()));
@@ -589,14 +646,13 @@ impl DeltaConv2d {
                     self.fired_here.push((base(ci) as u32, dx));
                 }
             }
-            fired += self.fired_here.len();
             let (ih, iw) = (pos / w, pos % w);
             for &(i, orow) in self.rows.of(ih) {
                 for &(j, ocol) in self.cols.of(iw) {
                     let at = b * ohw + orow as usize * ow + ocol as usize;
                     if self.mark[at] != self.generation {
                         self.mark[at] = self.generation;
-                        self.touched.push(at as u32);
+                        lane.touched.push(at as u32);
                     }
                     let tap = (i as usize * kw + j as usize) * tap_stride;
                     for (r, &(g, from)) in self.group_starts.iter().enumerate() {
@@ -608,27 +664,210 @@ impl DeltaConv2d {
                 }
             }
         }
-        (fired, macs)
+        macs
+    }
+}
+
+/// Pass 1 on one range of one channel plane: `dx` = the fired part of x - x_ref, x_ref moved
+/// where it fired, `moved` marked; returns the fired count. Branch-free, so it vectorises (and
+/// sensor noise makes firing a coin toss no predictor learns).
+fn scan_plane(kern: Kernel, x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+    match kern {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
+        Kernel::Avx512 => unsafe { scan_plane_avx512(x, x_ref, dx, moved, theta) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx2Fma => unsafe { scan_plane_avx2(x, x_ref, dx, moved, theta) },
+        _ => scan_plane_body(x, x_ref, dx, moved, theta),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn scan_plane_avx512(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+    scan_plane_body(x, x_ref, dx, moved, theta)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scan_plane_avx2(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+    scan_plane_body(x, x_ref, dx, moved, theta)
+}
+
+#[inline(always)]
+fn scan_plane_body(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+    let mut firing = 0usize;
+    for (((&xv, rv), d), mv) in x.iter().zip(x_ref.iter_mut()).zip(dx.iter_mut()).zip(moved.iter_mut()) {
+        let diff = xv - *rv;
+        let f = fires(diff, theta);
+        *d = if f { diff } else { 0.0 };
+        *rv = if f { xv } else { *rv };
+        *mv |= u8::from(f);
+        firing += usize::from(f);
+    }
+    firing
+}
+
+/// Pass 2 of a delta step for one image, shared by the threads: each runs bands of input rows.
+struct BandJob<'a> {
+    kern: Kernel,
+    b: usize,
+    /// The moved positions of the image, ascending (so a band's are one run).
+    positions: &'a [u32],
+    dx: &'a [f32],
+    classes: &'a TapClasses,
+    rows: &'a TapTable,
+    cols: &'a TapTable,
+    c: usize,
+    w: usize,
+    m: usize,
+    ow: usize,
+    ohw: usize,
+    generation: u32,
+    y: SharedMut<'a, f32>,
+    mark: SharedMut<'a, u32>,
+    lanes: SharedMut<'a, Lane>,
+}
+
+impl BandJob<'_> {
+    /// The moved positions in input rows `band`, on lane `lane`.
+    fn run(&self, band: std::ops::Range<usize>, lane: usize) {
+        match self.kern {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
+            Kernel::Avx512 => unsafe { self.run_avx512(band, lane) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2Fma => unsafe { self.run_avx2(band, lane) },
+            _ => self.run_body(band, lane),
+        }
     }
 
-    /// Rewrites act(y) at the positions this step touched.
-    fn refresh_touched(&mut self, kern: Kernel) {
-        let [_, m, oh, ow] = self.out_shape;
-        let ohw = oh * ow;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_avx512(&self, band: std::ops::Range<usize>, lane: usize) {
+        self.run_body(band, lane)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, band: std::ops::Range<usize>, lane: usize) {
+        self.run_body(band, lane)
+    }
+
+    #[inline(always)]
+    fn run_body(&self, band: std::ops::Range<usize>, lane: usize) {
+        let (kern, c, w, m, hw) = (self.kern, self.c, self.w, self.m, self.dx.len() / self.c.max(1));
+        // SAFETY: `parallel_items` runs one item at a time per lane index, so this lane is ours.
+        let lane = unsafe { &mut self.lanes.range(lane, 1)[0] };
+        let first = self.positions.partition_point(|&p| (p as usize) < band.start * w);
+        let last = self.positions.partition_point(|&p| (p as usize) < band.end * w);
+        let positions = &self.positions[first..last];
+        let classes = self.classes;
+        for class in 0..classes.count() {
+            let class_taps = classes.taps(class);
+            if class_taps == 0 {
+                // A stride wider than the kernel: these inputs reach no output at all.
+                continue;
+            }
+            lane.class_positions.clear();
+            lane.class_positions
+                .extend(positions.iter().copied().filter(|&p| classes.of(p as usize / w, p as usize % w) == class));
+            let class_cols = classes.cols[class];
+            for chunk_at in (0..lane.class_positions.len()).step_by(CHUNK) {
+                let chunk = &lane.class_positions[chunk_at..(chunk_at + CHUNK).min(lane.class_positions.len())];
+                let rows = chunk.len();
+                // The dx rows go straight into the GEMM kernel's packed layout (blocks of MR
+                // positions, each [C][MR]): per block and channel, MR reads from one plane that
+                // lie close together, and one contiguous write.
+                let mr = kern.mr();
+                let packed = &mut lane.packed_dx[..kern.packed_a_len(rows, c)];
+                for (block, block_at) in packed.chunks_exact_mut(mr * c).zip((0..rows).step_by(mr)) {
+                    let here = &chunk[block_at..(block_at + mr).min(rows)];
+                    for (ci, dst) in block.chunks_exact_mut(mr).enumerate() {
+                        let plane = &self.dx[ci * hw..][..hw];
+                        for (d, &pos) in dst.iter_mut().zip(here) {
+                            *d = plane[pos as usize];
+                        }
+                        dst[here.len()..].fill(0.0);
+                    }
+                }
+                let width = class_taps * m;
+                let products = &mut lane.products[..rows * width];
+                let args = GemmArgs {
+                    a: packed,
+                    m: rows,
+                    k: c,
+                    b: &classes.weights[class],
+                    rows: Ld { ld: width, k: c },
+                    n: width,
+                    bias: None,
+                };
+                kern.gemm(args, &mut lane.gemm_tail, &mut Strided { out: products, ld: width, col: 0 });
+                lane.macs += (rows * c * width) as u64;
+                for (r, &pos) in chunk.iter().enumerate() {
+                    let (ih, iw) = (pos as usize / w, pos as usize % w);
+                    for &(i, orow) in self.rows.of(ih) {
+                        let row_slot = classes.row_slot[i as usize];
+                        for &(j, ocol) in self.cols.of(iw) {
+                            let at = self.b * self.ohw + orow as usize * self.ow + ocol as usize;
+                            // SAFETY: bands of one parity reach disjoint outputs (each band is at
+                            // least one kernel extent tall), so no other thread touches `at` now.
+                            unsafe {
+                                if self.mark.get(at) != self.generation {
+                                    self.mark.set(at, self.generation);
+                                    lane.touched.push(at as u32);
+                                }
+                            }
+                            let tap = row_slot * class_cols + classes.col_slot[j as usize];
+                            let z = &products[(r * class_taps + tap) * m..][..m];
+                            // SAFETY: as above.
+                            let y = unsafe { self.y.range(at * m, m) };
+                            for (yv, zv) in y.iter_mut().zip(z) {
+                                *yv += zv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pass 3: act(y) rewritten at the outputs each lane touched (disjoint: an output is on the list
+/// of the lane that first touched it).
+struct Refresh<'a> {
+    kern: Kernel,
+    y: &'a [f32],
+    activation: &'a Activation,
+    m: usize,
+    ohw: usize,
+    out: SharedMut<'a, f32>,
+    lanes: SharedMut<'a, Lane>,
+}
+
+impl Refresh<'_> {
+    fn run(&self, lane: usize) {
+        let (m, ohw) = (self.m, self.ohw);
+        // SAFETY: item `lane` runs once, and is the only user of that lane in this pass.
+        let lane = unsafe { &mut self.lanes.range(lane, 1)[0] };
         let per_channel = self.activation.is_per_channel();
-        for &at in &self.touched {
+        let row = &mut lane.row[..m];
+        for &at in &lane.touched {
             let at = at as usize;
             let (b, pos) = (at / ohw, at % ohw);
-            self.row.copy_from_slice(&self.y[at * m..][..m]);
+            row.copy_from_slice(&self.y[at * m..][..m]);
             if per_channel {
-                for (mo, v) in self.row.iter_mut().enumerate() {
-                    kern.activate(&self.activation, std::slice::from_mut(v), mo);
+                for (mo, v) in row.iter_mut().enumerate() {
+                    self.kern.activate(self.activation, std::slice::from_mut(v), mo);
                 }
             } else {
-                kern.activate(&self.activation, &mut self.row, 0);
+                self.kern.activate(self.activation, row, 0);
             }
-            for (mo, &v) in self.row.iter().enumerate() {
-                self.out[(b * m + mo) * ohw + pos] = v;
+            for (mo, &v) in row.iter().enumerate() {
+                // SAFETY: output position `at` is on this lane's list only.
+                unsafe { self.out.set((b * m + mo) * ohw + pos, v) };
             }
         }
     }

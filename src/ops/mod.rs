@@ -57,7 +57,7 @@ pub use activation::{
 pub(crate) use attention::dims as attention_dims;
 pub use attention::{linear_attention, softmax_attention, CARE_EPSILON};
 pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
-pub use delta::{DeltaConv2d, DeltaLinear, DeltaStep};
+pub use delta::{DeltaConv2d, DeltaLinear, DeltaScratch, DeltaStep};
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};
 pub use gemm::{force_kernel, kernel_name, Kernel as CpuKernel};
 pub use matmul::{linear, matmul, matmul_output_shape};
@@ -188,19 +188,19 @@ pub fn set_parallel_threshold(macs: usize) {
 /// A mutable slice that several workers write at once, each to its own part. The parts are not
 /// split up front (that would allocate a list per call); instead every accessor is `unsafe` and
 /// its caller promises that no two live borrows overlap.
-pub(crate) struct SharedMut<'a> {
-    ptr: *mut f32,
+pub(crate) struct SharedMut<'a, T = f32> {
+    ptr: *mut T,
     len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
 }
 
-// SAFETY: a `SharedMut` is a `&mut [f32]` handed to several threads; the disjointness its
+// SAFETY: a `SharedMut` is a `&mut [T]` handed to several threads; the disjointness its
 // accessors demand makes that as safe as sending disjoint `&mut` sub-slices.
-unsafe impl Send for SharedMut<'_> {}
-unsafe impl Sync for SharedMut<'_> {}
+unsafe impl<T: Send> Send for SharedMut<'_, T> {}
+unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
 
-impl<'a> SharedMut<'a> {
-    pub(crate) fn new(data: &'a mut [f32]) -> SharedMut<'a> {
+impl<'a, T> SharedMut<'a, T> {
+    pub(crate) fn new(data: &'a mut [T]) -> SharedMut<'a, T> {
         SharedMut { ptr: data.as_mut_ptr(), len: data.len(), _borrow: std::marker::PhantomData }
     }
 
@@ -215,11 +215,36 @@ impl<'a> SharedMut<'a> {
     /// the returned one is.
     #[inline]
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &'a mut [f32] {
+    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &'a mut [T] {
         assert!(start <= self.len && len <= self.len - start, "range {start}+{len} of {}", self.len);
         // SAFETY: in bounds (checked above) of a slice borrowed mutably for 'a; exclusivity is
         // the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+
+    /// Element `i` (bounds checked).
+    ///
+    /// # Safety
+    /// As for [`SharedMut::range`]: no other thread may write element `i` meanwhile.
+    #[inline]
+    pub(crate) unsafe fn get(&self, i: usize) -> T
+    where
+        T: Copy,
+    {
+        assert!(i < self.len, "element {i} of {}", self.len);
+        // SAFETY: in bounds; no concurrent write (the caller's promise).
+        unsafe { self.ptr.add(i).read() }
+    }
+
+    /// Sets element `i` (bounds checked).
+    ///
+    /// # Safety
+    /// As for [`SharedMut::range`]: no other thread may read or write element `i` meanwhile.
+    #[inline]
+    pub(crate) unsafe fn set(&self, i: usize, v: T) {
+        assert!(i < self.len, "element {i} of {}", self.len);
+        // SAFETY: in bounds; exclusive (the caller's promise).
+        unsafe { self.ptr.add(i).write(v) }
     }
 }
 
@@ -233,9 +258,7 @@ pub fn parallel_runs() -> usize {
 
 /// Runs `work(item, scratch)` for every item in `0..items` on the calling thread and up to
 /// `workers - 1` pool helpers; worker w works in `scratch[w * per_worker..][..per_worker]`
-/// (`scratch` holds `workers * per_worker` floats). Items are handed out one at a time from an
-/// atomic counter, so a helper that starts late (a busy core, a slow wake-up) takes fewer items
-/// instead of holding the op up: the caller alone finishes whatever is left. Nothing is
+/// (`scratch` holds `workers * per_worker` floats). See [`parallel_items`]. Nothing is
 /// allocated.
 pub(crate) fn parallel_for(
     items: usize,
@@ -250,23 +273,43 @@ pub(crate) fn parallel_for(
         (0..items).for_each(|i| work(i, &mut scratch[..per_worker]));
         return;
     }
+    let scratch = SharedMut::new(scratch);
+    parallel_items(items, workers, |item, w| {
+        // SAFETY: worker w is the only user of piece w (see `parallel_items`), and it runs one
+        // item at a time.
+        work(item, unsafe { scratch.range(w * per_worker, per_worker) })
+    });
+}
+
+/// Runs `work(item, w)` for every item in `0..items` on the calling thread (w = 0) and up to
+/// `workers - 1` pool helpers (w = 1, 2, ...); each w runs one item at a time, so per-worker
+/// scratch indexed by w needs no lock. Items are handed out one at a time from an atomic
+/// counter, so a helper that starts late (a busy core, a slow wake-up) takes fewer items
+/// instead of holding the op up: the caller alone finishes whatever is left. Nothing is
+/// allocated.
+pub(crate) fn parallel_items(items: usize, workers: usize, work: impl Fn(usize, usize) + Sync) {
+    let workers = workers.clamp(1, items.max(1));
+    if workers == 1 {
+        (0..items).for_each(|i| work(i, 0));
+        return;
+    }
     PARALLEL_RUNS.fetch_add(1, Ordering::Relaxed);
     let next = AtomicUsize::new(0);
-    let scratch = SharedMut::new(scratch);
-    let drain = |w: usize| {
-        // SAFETY: worker w (the caller is 0, helper h is h + 1) is the only user of piece w:
-        // the pool calls each helper index once per job.
-        let mine = unsafe { scratch.range(w * per_worker, per_worker) };
-        loop {
-            let item = next.fetch_add(1, Ordering::Relaxed);
-            if item >= items {
-                break;
-            }
-            work(item, mine);
+    let drain = |w: usize| loop {
+        let item = next.fetch_add(1, Ordering::Relaxed);
+        if item >= items {
+            break;
         }
+        work(item, w);
     };
+    // The pool calls each helper index once per job, so every w below is distinct.
     let helper = |h: usize| drain(h + 1);
     workers::Pool::global().run(workers - 1, &helper, || drain(0));
+}
+
+/// The most workers [`parallel_items`] can run at once: the caller and the pool's helpers.
+pub(crate) fn pool_threads() -> usize {
+    workers::Pool::global().threads()
 }
 
 /// [`parallel_for`] over the `chunk`-float pieces of `out` (the last may be shorter): `work`

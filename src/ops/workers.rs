@@ -70,6 +70,11 @@ impl Pool {
         })
     }
 
+    /// The caller and the helpers: the most threads one job runs on.
+    pub(crate) fn threads(&self) -> usize {
+        self.workers + 1
+    }
+
     /// Runs `job(i)` on helpers `0..helpers` while the caller runs `own()`, and returns when all
     /// have finished. A panic in a helper is re-raised here.
     pub(crate) fn run<'a>(&self, helpers: usize, job: &'a (dyn Fn(usize) + Sync + 'a), own: impl FnOnce()) {
