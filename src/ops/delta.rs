@@ -219,11 +219,9 @@ pub struct DeltaConv2d {
     group_starts: Vec<(usize, usize)>,
     /// The one-group GEMM's right operands, one per stride residue class (see [`TapClasses`]).
     classes: TapClasses,
-    /// Scratch of one image: which input positions moved, their list, and the fired part of
-    /// x - x_ref ([C, H*W], 0 where nothing fired).
+    /// Scratch of one image: which input positions moved, and their list.
     moved: Vec<u8>,
     positions: Vec<u32>,
-    dx: Vec<f32>,
     /// Per-thread scratch for standalone use; in a graph the executor passes one shared by
     /// every layer instead ([`DeltaConv2d::step_bounded_in`]), and this stays empty.
     own: DeltaScratch,
@@ -234,7 +232,7 @@ pub struct DeltaConv2d {
 /// Per-thread scratch of the delta conv's one-group path: the moved positions of one residue
 /// class, the dx rows of one chunk of them in the GEMM kernel's packed layout ([CHUNK, C]),
 /// their products with the class's taps ([CHUNK, class taps * M]), the outputs this thread
-/// touched and one output row. Layers run one at a time, so an executor keeps one of these for
+/// touched and a few output rows. Layers run one at a time, so an executor keeps one of these for
 /// all its layers, sized to the largest ([`DeltaScratch::fit`]).
 #[derive(Clone, Debug, Default)]
 pub struct DeltaScratch {
@@ -248,9 +246,13 @@ struct Lane {
     gemm_tail: Vec<f32>,
     products: Vec<f32>,
     touched: Vec<u32>,
-    row: Vec<f32>,
+    /// Up to [`REFRESH_ROWS`] output rows on their way through the activation.
+    rows: Vec<f32>,
     macs: u64,
 }
+
+/// Output rows activated per call when the touched outputs are rewritten.
+const REFRESH_ROWS: usize = 16;
 
 /// Lanes of a [`DeltaScratch`]: the threads one delta step may use. More would multiply the
 /// scratch (megabytes per lane for a wide layer) for little: the step is memory-bound.
@@ -279,7 +281,7 @@ impl DeltaScratch {
         for lane in &mut self.lanes {
             let reserve = |v: &mut Vec<u32>, len: usize| v.reserve(len.saturating_sub(v.len()));
             reserve(&mut lane.touched, n * oh * ow);
-            grow_f32(&mut lane.row, m);
+            grow_f32(&mut lane.rows, REFRESH_ROWS * m);
             if one_group {
                 reserve(&mut lane.class_positions, h * w);
                 grow_f32(&mut lane.packed_dx, Kernel::max_packed_a_len(CHUNK, c));
@@ -359,7 +361,6 @@ impl DeltaConv2d {
             fired_here: Vec::with_capacity(xs[1]),
             moved: vec![0; xs[2] * xs[3]],
             positions: Vec::with_capacity(xs[2] * xs[3]),
-            dx: vec![0.0; xs[1] * xs[2] * xs[3]],
             group_starts: Vec::with_capacity(group),
             own: DeltaScratch::new(),
             keyed: false,
@@ -487,7 +488,7 @@ impl DeltaConv2d {
         let one_group = self.group == 1;
         let fits = |l: &Lane| {
             l.touched.capacity() >= n * oh * ow
-                && l.row.len() >= m
+                && l.rows.len() >= REFRESH_ROWS * m
                 && (!one_group
                     || (l.class_positions.capacity() >= h * w
                         && l.packed_dx.len() >= Kernel::max_packed_a_len(CHUNK, c)
@@ -504,16 +505,16 @@ impl DeltaConv2d {
 
     /// A delta step, in three passes that split over the worker pool when the layer is large.
     ///
-    /// 1. The scan: per channel plane, one contiguous, vectorised pass over a range of positions
-    ///    marks the moved positions, writes the fired part of x - x_ref to `dx` and moves x_ref
-    ///    where an entry fired.
+    /// 1. The scan: per channel plane, one contiguous, vectorised, read-only pass over a range
+    ///    of positions marks the moved positions and counts the entries that fire.
     /// 2. For a one-group conv whose firing is dense within positions, the position GEMM: every
     ///    moved position becomes one row of dx, and a chunk of such rows times the weights of
     ///    the taps its stride class reaches is one GEMM whose rows are added into the outputs
     ///    each tap reaches: work proportional to the moved positions, at the GEMM kernel's
     ///    speed. Threads take bands of input rows; a band is at least one kernel extent tall,
-    ///    so the even bands reach disjoint outputs, then the odd ones do. Otherwise (and for
-    ///    grouped convs) each moved position's fired channels are scattered entry by entry.
+    ///    so the even bands reach disjoint outputs, then the odd ones do (and each input
+    ///    position, whose x_ref the gather moves, is in one band). Otherwise (and for grouped
+    ///    convs) each moved position's fired channels are scattered entry by entry.
     /// 3. act(y) is rewritten at the touched outputs, each thread at its own.
     fn step_moved(&mut self, x: &[f32], max_fired: usize, kern: Kernel, lanes: &mut [Lane]) -> Result<DeltaStep> {
         let [n, c, h, w] = self.x_shape;
@@ -536,7 +537,7 @@ impl DeltaConv2d {
             // multiply-adds, at several times its speed: it wins unless the firing is very
             // scattered across channels.
             if self.group > 1 || self.positions.len() * c > GEMM_ADVANTAGE * firing {
-                macs += self.scatter_positions(b, kern, &mut lanes[0]);
+                macs += self.scatter_positions(b, xb, kern, &mut lanes[0]);
                 continue;
             }
             let extent = (self.w_shape[2] - 1) * self.linear.dilations[0] + 1;
@@ -551,7 +552,9 @@ impl DeltaConv2d {
                 kern,
                 b,
                 positions: &self.positions,
-                dx: &self.dx,
+                x: xb,
+                theta: &self.theta,
+                x_ref: SharedMut::new(&mut self.x_ref[b * c * hw..][..c * hw]),
                 classes: &self.classes,
                 rows: &self.rows,
                 cols: &self.cols,
@@ -590,8 +593,7 @@ impl DeltaConv2d {
         Ok(self.last)
     }
 
-    /// Pass 1 of a step on image `b`: marks the moved positions, writes the fired part of
-    /// x - x_ref to `dx`, moves x_ref where an entry fired, and returns the fired count.
+    /// Pass 1 of a step on image `b`: marks the moved positions and returns the fired count.
     fn scan(&mut self, b: usize, xb: &[f32], kern: Kernel, threads: usize) -> usize {
         let [_, c, h, w] = self.x_shape;
         let hw = h * w;
@@ -601,7 +603,7 @@ impl DeltaConv2d {
         let items = hw.div_ceil(span);
         let total = std::sync::atomic::AtomicUsize::new(0);
         let (theta, moved) = (&self.theta, SharedMut::new(&mut self.moved));
-        let (x_ref, dx) = (SharedMut::new(&mut self.x_ref[b * c * hw..][..c * hw]), SharedMut::new(&mut self.dx));
+        let x_ref = &self.x_ref[b * c * hw..][..c * hw];
         parallel_items(items, threads, |item, _| {
             let (from, len) = (item * span, span.min(hw - item * span));
             // SAFETY: item i alone covers positions from..from + len of every plane.
@@ -610,9 +612,7 @@ impl DeltaConv2d {
             let mut firing = 0;
             for (ci, &theta) in theta.iter().enumerate() {
                 let at = ci * hw + from;
-                // SAFETY: as above.
-                let (rp, dp) = unsafe { (x_ref.range(at, len), dx.range(at, len)) };
-                firing += scan_plane(kern, &xb[at..][..len], rp, dp, mv, theta);
+                firing += scan_plane(kern, &xb[at..][..len], &x_ref[at..][..len], mv, theta);
             }
             total.fetch_add(firing, std::sync::atomic::Ordering::Relaxed);
         });
@@ -621,7 +621,7 @@ impl DeltaConv2d {
 
     /// The scatter of the moved positions of image `b`, entry by entry (four fired channels of a
     /// group per pass of the group's output row): the multiply-adds done.
-    fn scatter_positions(&mut self, b: usize, kern: Kernel, lane: &mut Lane) -> u64 {
+    fn scatter_positions(&mut self, b: usize, xb: &[f32], kern: Kernel, lane: &mut Lane) -> u64 {
         let [_, c, h, w] = self.x_shape;
         let [m, cg, kh, kw] = self.w_shape;
         let [_, _, oh, ow] = self.out_shape;
@@ -630,15 +630,17 @@ impl DeltaConv2d {
         // One group: [C, kH kW, M]; grouped: [group, kH kW, C/group, M/group].
         let (one, tap_stride) = (self.group == 1, if self.group == 1 { m } else { cg * mg });
         let base = |ci: usize| if one { ci * taps * m } else { ((ci / cg) * taps * cg + ci % cg) * mg };
+        let rb = &mut self.x_ref[b * c * hw..][..c * hw];
         let mut macs = 0u64;
         for &pos in &self.positions {
             let pos = pos as usize;
             self.fired_here.clear();
             self.group_starts.clear();
-            for ci in 0..c {
-                let dx = self.dx[ci * hw + pos];
-                // The scan left dx at 0 wherever nothing fired.
-                if dx != 0.0 {
+            for (ci, &theta) in self.theta.iter().enumerate() {
+                let k = ci * hw + pos;
+                let dx = xb[k] - rb[k];
+                if fires(dx, theta) {
+                    rb[k] = xb[k];
                     // Channels come in order, so each group's fired entries are one run.
                     if self.group_starts.last().is_none_or(|&(g, _)| g != ci / cg) {
                         self.group_starts.push((ci / cg, self.fired_here.len()));
@@ -668,43 +670,40 @@ impl DeltaConv2d {
     }
 }
 
-/// Pass 1 on one range of one channel plane: `dx` = the fired part of x - x_ref, x_ref moved
-/// where it fired, `moved` marked; returns the fired count. Branch-free, so it vectorises (and
-/// sensor noise makes firing a coin toss no predictor learns).
-fn scan_plane(kern: Kernel, x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+/// Pass 1 on one range of one channel plane: marks in `moved` where an entry fires, and returns
+/// how many do. Read-only and branch-free, so it vectorises.
+fn scan_plane(kern: Kernel, x: &[f32], x_ref: &[f32], moved: &mut [u8], theta: f32) -> usize {
     match kern {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: each instance exists only on CPUs with its features (see `Kernel`).
-        Kernel::Avx512 => unsafe { scan_plane_avx512(x, x_ref, dx, moved, theta) },
+        Kernel::Avx512 => unsafe { scan_plane_avx512(x, x_ref, moved, theta) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2Fma => unsafe { scan_plane_avx2(x, x_ref, dx, moved, theta) },
-        _ => scan_plane_body(x, x_ref, dx, moved, theta),
+        Kernel::Avx2Fma => unsafe { scan_plane_avx2(x, x_ref, moved, theta) },
+        _ => scan_plane_body(x, x_ref, moved, theta),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn scan_plane_avx512(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
-    scan_plane_body(x, x_ref, dx, moved, theta)
+unsafe fn scan_plane_avx512(x: &[f32], x_ref: &[f32], moved: &mut [u8], theta: f32) -> usize {
+    scan_plane_body(x, x_ref, moved, theta)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scan_plane_avx2(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
-    scan_plane_body(x, x_ref, dx, moved, theta)
+unsafe fn scan_plane_avx2(x: &[f32], x_ref: &[f32], moved: &mut [u8], theta: f32) -> usize {
+    scan_plane_body(x, x_ref, moved, theta)
 }
 
 #[inline(always)]
-fn scan_plane_body(x: &[f32], x_ref: &mut [f32], dx: &mut [f32], moved: &mut [u8], theta: f32) -> usize {
+fn scan_plane_body(x: &[f32], x_ref: &[f32], moved: &mut [u8], theta: f32) -> usize {
     let mut firing = 0usize;
-    for (((&xv, rv), d), mv) in x.iter().zip(x_ref.iter_mut()).zip(dx.iter_mut()).zip(moved.iter_mut()) {
-        let diff = xv - *rv;
-        let f = fires(diff, theta);
-        *d = if f { diff } else { 0.0 };
-        *rv = if f { xv } else { *rv };
-        *mv |= u8::from(f);
-        firing += usize::from(f);
+    for ((&xv, &rv), mv) in x.iter().zip(x_ref).zip(moved.iter_mut()) {
+        let dx = xv - rv;
+        let f = u8::from(dx != 0.0) & u8::from(dx.abs() >= theta);
+        *mv |= f;
+        firing += f as usize;
     }
     firing
 }
@@ -715,7 +714,10 @@ struct BandJob<'a> {
     b: usize,
     /// The moved positions of the image, ascending (so a band's are one run).
     positions: &'a [u32],
-    dx: &'a [f32],
+    /// The image's input, its reference input, and the thresholds per channel.
+    x: &'a [f32],
+    x_ref: SharedMut<'a, f32>,
+    theta: &'a [f32],
     classes: &'a TapClasses,
     rows: &'a TapTable,
     cols: &'a TapTable,
@@ -758,7 +760,7 @@ impl BandJob<'_> {
 
     #[inline(always)]
     fn run_body(&self, band: std::ops::Range<usize>, lane: usize) {
-        let (kern, c, w, m, hw) = (self.kern, self.c, self.w, self.m, self.dx.len() / self.c.max(1));
+        let (kern, c, w, m, hw) = (self.kern, self.c, self.w, self.m, self.x.len() / self.c.max(1));
         // SAFETY: `parallel_items` runs one item at a time per lane index, so this lane is ours.
         let lane = unsafe { &mut self.lanes.range(lane, 1)[0] };
         let first = self.positions.partition_point(|&p| (p as usize) < band.start * w);
@@ -780,15 +782,25 @@ impl BandJob<'_> {
                 let rows = chunk.len();
                 // The dx rows go straight into the GEMM kernel's packed layout (blocks of MR
                 // positions, each [C][MR]): per block and channel, MR reads from one plane that
-                // lie close together, and one contiguous write.
+                // lie close together, and one contiguous write. Branch-free, because sensor
+                // noise makes firing a coin toss the predictor cannot learn.
                 let mr = kern.mr();
                 let packed = &mut lane.packed_dx[..kern.packed_a_len(rows, c)];
                 for (block, block_at) in packed.chunks_exact_mut(mr * c).zip((0..rows).step_by(mr)) {
                     let here = &chunk[block_at..(block_at + mr).min(rows)];
-                    for (ci, dst) in block.chunks_exact_mut(mr).enumerate() {
-                        let plane = &self.dx[ci * hw..][..hw];
+                    for (ci, (dst, &theta)) in block.chunks_exact_mut(mr).zip(self.theta).enumerate() {
+                        let xp = &self.x[ci * hw..][..hw];
                         for (d, &pos) in dst.iter_mut().zip(here) {
-                            *d = plane[pos as usize];
+                            let at = ci * hw + pos as usize;
+                            // SAFETY: a position is in one band only, so no other thread reads or
+                            // writes its reference input meanwhile.
+                            let rv = unsafe { self.x_ref.get(at) };
+                            let xv = xp[pos as usize];
+                            let dx = xv - rv;
+                            let f = fires(dx, theta);
+                            *d = if f { dx } else { 0.0 };
+                            // SAFETY: as above.
+                            unsafe { self.x_ref.set(at, if f { xv } else { rv }) };
                         }
                         dst[here.len()..].fill(0.0);
                     }
@@ -853,21 +865,27 @@ impl Refresh<'_> {
         // SAFETY: item `lane` runs once, and is the only user of that lane in this pass.
         let lane = unsafe { &mut self.lanes.range(lane, 1)[0] };
         let per_channel = self.activation.is_per_channel();
-        let row = &mut lane.row[..m];
-        for &at in &lane.touched {
-            let at = at as usize;
-            let (b, pos) = (at / ohw, at % ohw);
-            row.copy_from_slice(&self.y[at * m..][..m]);
+        // REFRESH_ROWS rows at a time: one activation call over them (m can be as small as 8).
+        for batch in lane.touched.chunks(REFRESH_ROWS) {
+            let rows = &mut lane.rows[..batch.len() * m];
+            for (row, &at) in rows.chunks_exact_mut(m).zip(batch) {
+                row.copy_from_slice(&self.y[at as usize * m..][..m]);
+            }
             if per_channel {
-                for (mo, v) in row.iter_mut().enumerate() {
-                    self.kern.activate(self.activation, std::slice::from_mut(v), mo);
+                for row in rows.chunks_exact_mut(m) {
+                    for (mo, v) in row.iter_mut().enumerate() {
+                        self.kern.activate(self.activation, std::slice::from_mut(v), mo);
+                    }
                 }
             } else {
-                self.kern.activate(self.activation, row, 0);
+                self.kern.activate(self.activation, rows, 0);
             }
-            for (mo, &v) in row.iter().enumerate() {
-                // SAFETY: output position `at` is on this lane's list only.
-                unsafe { self.out.set((b * m + mo) * ohw + pos, v) };
+            for (row, &at) in rows.chunks_exact(m).zip(batch) {
+                let (b, pos) = (at as usize / ohw, at as usize % ohw);
+                for (mo, &v) in row.iter().enumerate() {
+                    // SAFETY: output position `at` is on this lane's list only.
+                    unsafe { self.out.set((b * m + mo) * ohw + pos, v) };
+                }
             }
         }
     }
