@@ -4,7 +4,7 @@
 #   tools/fuzz.sh [SECONDS] [TARGET...]      default: 20 s for each of kpak onnx voc yolo board
 #
 # CI runs it with a short budget; run it for hours on demand (tools/fuzz.sh 3600). New corpus
-# entries go to fuzz/work/ (ignored by git); a crash is copied to fuzz/regressions/TARGET/,
+# entries go to fuzz's work folder (ignored by git); a crash is copied to fuzz/regressions/TARGET/,
 # where tests/fuzz_corpus.rs runs it under `cargo test` from then on, and the script fails.
 # With a nightly toolchain it fuzzes under AddressSanitizer; on stable (CI) it builds without
 # a sanitizer (RUSTC_BOOTSTRAP lets cargo-fuzz's coverage flags through), which still finds
