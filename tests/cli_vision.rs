@@ -323,6 +323,19 @@ fn eval_on_a_sequence_compares_delta_with_dense() {
     one_line_error(&out, "--stream");
     let out = kestrel(&["eval", "--model", fused.to_str().unwrap(), "--sequence", seq.to_str().unwrap(), "--delta=-1"]);
     one_line_error(&out, "theta");
+    // --exact-below means nothing with one global theta, and says so.
+    let out = kestrel(&[
+        "eval",
+        "--model",
+        fused.to_str().unwrap(),
+        "--sequence",
+        seq.to_str().unwrap(),
+        "--delta",
+        "0.05",
+        "--exact-below",
+        "0.01",
+    ]);
+    one_line_error(&out, "--exact-below");
 }
 
 #[test]

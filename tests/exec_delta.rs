@@ -14,6 +14,11 @@ use kestrel::rng::SplitMix64;
 /// accumulated outputs differ from the dense ones only by float summation order.
 const DELTA_EXACT_TOL: f64 = 1e-5;
 
+/// Relative L2 error allowed between a stream under small scene-relative thresholds (t = 0.1,
+/// 0.05 on the camera layer) and the dense run, one frame after the keyframe: the thresholds
+/// bound each input's error, so the outputs stay close to the dense ones.
+const RELATIVE_THETA_TOL: f64 = 0.1;
+
 fn executor() -> (CpuExecutor, Vec<f32>, Vec<usize>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/yolov8-tiny");
     let mut g = import(&Model::load(&dir.join("model.onnx")).unwrap()).unwrap();
@@ -222,6 +227,6 @@ fn layers_under_the_exact_below_share_keep_theta_zero() {
     // Thresholds moved the outputs only a little from the dense run's.
     for o in 0..dense.num_outputs() {
         let err = rel_l2(exec.output(o), dense.output(o));
-        assert!(err < 0.1, "output {o}: relative L2 {err:.2e} against dense");
+        assert!(err < RELATIVE_THETA_TOL, "output {o}: relative L2 {err:.2e} against dense");
     }
 }

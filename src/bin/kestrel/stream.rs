@@ -56,8 +56,17 @@ impl DeltaArgs {
         }
         opts.keyframe_interval = self.keyframe_every;
         opts.dense_above = self.dense_above;
-        if let (Some(r), Some(e)) = (opts.relative.as_mut(), self.exact_below) {
-            r.exact_below = e;
+        match (opts.relative.as_mut(), self.exact_below) {
+            (Some(r), Some(e)) => r.exact_below = e,
+            // Silently ignoring it would leave the user believing small layers ran exact.
+            (None, Some(_)) => {
+                return Err(Error::InvalidArgument {
+                    reason: "--exact-below applies to scene-relative thresholds (a model calibrated by \
+                             `kestrel calibrate-delta`, run with --delta and no value)"
+                        .into(),
+                })
+            }
+            _ => {}
         }
         Ok(Some(opts))
     }
