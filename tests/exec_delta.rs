@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kestrel::exec::delta::{format_thetas, parse_thetas, RELATIVE_METADATA_KEY, THETA_METADATA_KEY};
+use kestrel::exec::delta::{format_thetas, parse_thetas, plane_noise_sigma, RELATIVE_METADATA_KEY, THETA_METADATA_KEY};
 use kestrel::exec::{CpuExecutor, DeltaOptions, RelativeThetas};
 use kestrel::graph::{onnx::import, passes::optimize};
 use kestrel::import::onnx::Model;
@@ -160,7 +160,7 @@ fn relative_thresholds_follow_the_scene_at_every_keyframe() {
     let (mut exec, input, _) = executor();
     let metadata = vec![(RELATIVE_METADATA_KEY.to_string(), "t=0.1 t_camera=0.05".to_string())];
     let opts = DeltaOptions::from_metadata(&metadata).unwrap();
-    assert_eq!(opts.relative, Some(RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.0 }));
+    assert_eq!(opts.relative, Some(RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.0, noise: 0.0 }));
     exec.enable_delta(DeltaOptions { keyframe_interval: 0, ..opts }).unwrap();
     exec.run(&[&input]).unwrap();
     let rms = exec.delta_input_rms();
@@ -185,11 +185,77 @@ fn relative_thresholds_follow_the_scene_at_every_keyframe() {
     }
 }
 
+/// How close the noise estimate of one plane comes to the sigma it was drawn with.
+const NOISE_SIGMA_TOL: f64 = 0.1;
+
+#[test]
+fn the_noise_estimate_reads_sensor_noise_and_not_the_scene() {
+    // A letterboxed frame: grey padding above and below a smoothly shaded scene with a hard
+    // edge, plus Gaussian noise of a known sigma.
+    let (h, w, top, bottom) = (192, 192, 24, 168);
+    let mut r = SplitMix64::new(5);
+    for sigma in [0.005f64, 0.02, 0.05] {
+        let plane: Vec<f32> = (0..h * w)
+            .map(|i| {
+                let (y, x) = ((i / w) as f64, (i % w) as f64);
+                if !(top..bottom).contains(&(i / w)) {
+                    return 114.0 / 255.0;
+                }
+                let scene = 0.4 + 0.2 * (x / 17.0).sin() * (y / 23.0).cos() + if x > 120.0 { 0.3 } else { 0.0 };
+                (scene + sigma * r.normal() as f64) as f32
+            })
+            .collect();
+        let got = plane_noise_sigma(&plane, h, w);
+        assert!((got - sigma).abs() <= NOISE_SIGMA_TOL * sigma, "sigma {sigma}: estimated {got}");
+    }
+    // Degenerate planes have no noise to measure.
+    assert_eq!(plane_noise_sigma(&[0.5; 64], 8, 8), 0.0);
+    assert_eq!(plane_noise_sigma(&[0.5; 4], 2, 2), 0.0);
+}
+
+#[test]
+fn a_noise_floor_lifts_only_the_camera_layers_thresholds() {
+    let (mut plain, input, shape) = executor();
+    let (mut floored, _, _) = executor();
+    let base = RelativeThetas::parse("t=0.1 t_camera=0.05").unwrap();
+    let with_noise = RelativeThetas::parse("t=0.1 t_camera=0.05 noise=3").unwrap();
+    assert_eq!(with_noise, RelativeThetas { noise: 3.0, ..base });
+    assert_eq!(RelativeThetas::parse(&with_noise.format()).unwrap(), with_noise);
+    assert!(RelativeThetas::parse("t=0.1 t_camera=0.05 noise=-1").is_err());
+    for (exec, r) in [(&mut plain, base), (&mut floored, with_noise)] {
+        exec.enable_delta(DeltaOptions { keyframe_interval: 0, relative: Some(r), ..DeltaOptions::default() }).unwrap();
+        exec.run(&[&input]).unwrap();
+    }
+    let (a, b) = (plain.delta_stats().unwrap(), floored.delta_stats().unwrap());
+    let rms = plain.delta_input_rms();
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let mut camera_layers = 0;
+    for ((la, lb), (_, r)) in a.layers.iter().zip(&b.layers).zip(&rms) {
+        if !lb.reads_input {
+            assert_eq!(la.theta, lb.theta, "{}: not a camera layer", la.name);
+            continue;
+        }
+        camera_layers += 1;
+        // Per channel: max(RMS rule, 3 sqrt(2) sigma of the frame's noise).
+        let layer = (r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32).sqrt();
+        let want = (0..c)
+            .map(|ci| {
+                let noise = 3.0 * std::f64::consts::SQRT_2 * plane_noise_sigma(&input[ci * h * w..][..h * w], h, w);
+                (r[ci].max(0.1 * layer) * 0.05).max(noise as f32)
+            })
+            .sum::<f32>()
+            / c as f32;
+        assert!((lb.theta - want).abs() <= 1e-4 * want, "{}: theta {} against {want}", lb.name, lb.theta);
+        assert!(lb.theta > la.theta, "{}: the floor should bind on a noisy input", lb.name);
+    }
+    assert!(camera_layers > 0);
+}
+
 #[test]
 fn layers_under_the_exact_below_share_keep_theta_zero() {
     let text = "t=0.1 t_camera=0.05 exact_below=0.02";
     let parsed = RelativeThetas::parse(text).unwrap();
-    assert_eq!(parsed, RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.02 });
+    assert_eq!(parsed, RelativeThetas { t: 0.1, t_camera: 0.05, exact_below: 0.02, noise: 0.0 });
     assert_eq!(RelativeThetas::parse(&parsed.format()).unwrap(), parsed);
     // Without the exemption the key is left out, so older readers still parse it.
     assert_eq!(RelativeThetas { exact_below: 0.0, ..parsed }.format(), "t=0.1 t_camera=0.05");

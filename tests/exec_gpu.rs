@@ -118,7 +118,7 @@ fn delta_mode_on_the_gpu_tracks_the_dense_run_at_theta_zero() {
     // Keyframes at frames 0 and 3.
     assert_eq!(delta.delta_frames(), Some((5, 2)));
     let relative = DeltaOptions {
-        relative: Some(kestrel::exec::RelativeThetas { t: 0.1, t_camera: 0.1, exact_below: 0.0 }),
+        relative: Some(kestrel::exec::RelativeThetas { t: 0.1, t_camera: 0.1, exact_below: 0.0, noise: 0.0 }),
         ..DeltaOptions::default()
     };
     assert!(delta.enable_delta(&ctx, &g, &none, &relative).is_err());

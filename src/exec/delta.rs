@@ -30,6 +30,12 @@ pub const RELATIVE_METADATA_KEY: &str = "delta.relative";
 /// detection head's last convs, attention gates, the box distribution). On the shipped fused
 /// detector, exempting layers under 0.2% of the MACs took the held-out mAP@0.5 drop from 2.5 to
 /// under 1 point for 5% of the MAC saving.
+///
+/// A layer that reads a camera also gets a noise floor: theta of a channel is at least `noise`
+/// times the standard deviation of the difference of two frames of pure sensor noise, estimated
+/// from the keyframe itself ([`plane_noise_sigma`]). Without it a dark frame's RMS-relative
+/// thresholds sit below the noise, and every pixel fires on every frame although nothing moved;
+/// holding an older noisy sample instead is no worse for the network than the new one.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RelativeThetas {
     /// Multiple for layers that do not read a camera.
@@ -38,13 +44,16 @@ pub struct RelativeThetas {
     pub t_camera: f32,
     /// Share of the model's dense MACs per frame below which a layer runs exact (0: none).
     pub exact_below: f32,
+    /// Multiple of the frame-difference noise below which a camera-reading layer never fires
+    /// (0: no noise floor).
+    pub noise: f32,
 }
 
 impl RelativeThetas {
-    /// Parses `t=0.2 t_camera=0.03`, optionally followed by `exact_below=0.002`.
+    /// Parses `t=0.2 t_camera=0.03`, optionally followed by `exact_below=0.002` and `noise=3`.
     pub fn parse(text: &str) -> Result<RelativeThetas> {
         let bad = |why: &str| Error::InvalidArgument { reason: format!("{RELATIVE_METADATA_KEY} '{text}': {why}") };
-        let (mut t, mut t_camera, mut exact_below) = (None, None, 0.0);
+        let (mut t, mut t_camera, mut exact_below, mut noise) = (None, None, 0.0, 0.0);
         for part in text.split_whitespace() {
             let (k, v) = part.split_once('=').ok_or_else(|| bad("expected t=... t_camera=..."))?;
             let v: f32 = v.parse().map_err(|_| bad("not a number"))?;
@@ -56,20 +65,25 @@ impl RelativeThetas {
                 "t_camera" => t_camera = Some(v),
                 "exact_below" if v <= 1.0 => exact_below = v,
                 "exact_below" => return Err(bad("exact_below is a share of the MACs, at most 1")),
+                "noise" => noise = v,
                 _ => return Err(bad("unknown key")),
             }
         }
         match (t, t_camera) {
-            (Some(t), Some(t_camera)) => Ok(RelativeThetas { t, t_camera, exact_below }),
+            (Some(t), Some(t_camera)) => Ok(RelativeThetas { t, t_camera, exact_below, noise }),
             _ => Err(bad("needs both t and t_camera")),
         }
     }
 
     pub fn format(&self) -> String {
-        match self.exact_below {
-            0.0 => format!("t={} t_camera={}", self.t, self.t_camera),
-            e => format!("t={} t_camera={} exact_below={e}", self.t, self.t_camera),
+        let mut s = format!("t={} t_camera={}", self.t, self.t_camera);
+        if self.exact_below != 0.0 {
+            s.push_str(&format!(" exact_below={}", self.exact_below));
         }
+        if self.noise != 0.0 {
+            s.push_str(&format!(" noise={}", self.noise));
+        }
+        s
     }
 }
 
@@ -132,7 +146,7 @@ impl DeltaOptions {
         }
         if let Some(r) = self.relative {
             let fine = |v: f32| v.is_finite() && v >= 0.0;
-            if !(fine(r.t) && fine(r.t_camera) && fine(r.exact_below) && r.exact_below <= 1.0) {
+            if !(fine(r.t) && fine(r.t_camera) && fine(r.noise) && fine(r.exact_below) && r.exact_below <= 1.0) {
                 return Err(Error::InvalidArgument {
                     reason: format!("delta relative thresholds {r:?}: must be finite and >= 0"),
                 });
@@ -261,6 +275,37 @@ pub(crate) fn channel_mean_squares(x: &[f32], inner: usize, out: &mut [f64]) {
     out.iter_mut().for_each(|v| *v /= per);
 }
 
+/// The standard deviation of the sensor noise of one image plane ([h, w], row-major), from the
+/// plane alone (Immerkaer, "Fast noise variance estimation", 1996): the mask
+/// [1 -2 1; -2 4 -2; 1 -2 1] is the difference of two Laplacians, so it cancels smooth shading
+/// and straight edges and keeps mostly noise, of which E|response| = 6 sqrt(2/pi) sigma.
+///
+/// From one frame, so a moving object or a panning camera does not read as noise (a difference of
+/// two frames would). Positions whose response is exactly 0 are left out: there the
+/// neighbourhood is constant (the letterbox's padding), which has no noise to measure. Texture
+/// finer than the mask reads as noise, which errs toward higher thresholds.
+pub fn plane_noise_sigma(plane: &[f32], h: usize, w: usize) -> f64 {
+    if h < 3 || w < 3 || plane.len() < h * w {
+        return 0.0;
+    }
+    let (mut sum, mut count) = (0.0f64, 0u64);
+    for y in 1..h - 1 {
+        let (up, row, down) = (&plane[(y - 1) * w..][..w], &plane[y * w..][..w], &plane[(y + 1) * w..][..w]);
+        for x in 1..w - 1 {
+            let lap = |r: &[f32]| r[x - 1] - 2.0 * r[x] + r[x + 1];
+            let response = lap(up) - 2.0 * lap(row) + lap(down);
+            if response != 0.0 {
+                sum += response.abs() as f64;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        return 0.0;
+    }
+    sum / count as f64 * (std::f64::consts::PI / 2.0).sqrt() / 6.0
+}
+
 /// The delta state of one step.
 pub(crate) enum Layer {
     Conv(Box<ops::DeltaConv2d>),
@@ -286,6 +331,17 @@ impl Layer {
         match self {
             Layer::Conv(l) => l.set_thetas(theta),
             Layer::Linear(l) => l.set_thetas(theta),
+        }
+    }
+
+    /// (height, width) of one input plane, for a conv.
+    fn plane(&self) -> Option<(usize, usize)> {
+        match self {
+            Layer::Conv(l) => {
+                let [_, _, h, w] = l.input_shape();
+                Some((h, w))
+            }
+            Layer::Linear(_) => None,
         }
     }
 
@@ -455,6 +511,15 @@ impl DeltaMode {
             let thetas = &mut self.thetas[..c];
             for (t, &ms) in thetas.iter_mut().zip(sums.iter()) {
                 *t = (ms.sqrt().max(0.1 * layer_rms) * mult as f64) as f32;
+            }
+            if let (true, Some((h, w))) = (self.reads_input[si] && r.noise > 0.0, layer.plane()) {
+                // The noise of a frame difference is sqrt(2) times a frame's (batches share a
+                // camera, so the first image speaks for all).
+                let x = layer.reference_input();
+                for (ci, t) in thetas.iter_mut().enumerate() {
+                    let sigma = plane_noise_sigma(&x[ci * h * w..][..h * w], h, w);
+                    *t = t.max((r.noise as f64 * std::f64::consts::SQRT_2 * sigma) as f32);
+                }
             }
             layer.set_thetas(thetas)?;
             s.theta = thetas.iter().sum::<f32>() / c.max(1) as f32;

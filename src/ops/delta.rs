@@ -377,6 +377,10 @@ impl DeltaConv2d {
         self.out_shape
     }
 
+    pub fn input_shape(&self) -> [usize; 4] {
+        self.x_shape
+    }
+
     /// theta per input channel.
     pub fn thetas(&self) -> &[f32] {
         &self.theta

@@ -39,6 +39,10 @@ pub struct DeltaArgs {
     /// model's calibrated value (eval, detect), or 0.002 (calibrate-delta).
     #[arg(long, value_name = "SHARE")]
     pub exact_below: Option<f32>,
+    /// Scene-relative thresholds to use instead of the model's calibrated ones, as
+    /// `t=0.1 t_camera=0.07 [exact_below=0.002] [noise=3]` (see docs/ARCHITECTURE.md).
+    #[arg(long, value_name = "SPEC")]
+    pub relative: Option<String>,
 }
 
 /// `--exact-below` when calibrating, unless given.
@@ -53,6 +57,14 @@ impl DeltaArgs {
             opts.theta = t;
             opts.layer_theta.clear();
             opts.relative = None;
+        }
+        if let Some(spec) = &self.relative {
+            if theta.is_some() {
+                return Err(Error::InvalidArgument {
+                    reason: "--relative and a --delta value both set the thresholds: give one".into(),
+                });
+            }
+            opts.relative = Some(RelativeThetas::parse(spec)?);
         }
         opts.keyframe_interval = self.keyframe_every;
         opts.dense_above = self.dense_above;
@@ -333,7 +345,7 @@ pub fn calibrate_delta_cmd(
             if t_camera > t {
                 continue;
             }
-            let relative = RelativeThetas { t, t_camera, exact_below };
+            let relative = RelativeThetas { t, t_camera, exact_below, noise: 0.0 };
             let mut det = m.open(options)?;
             det.enable_delta(DeltaOptions { relative: Some(relative), ..base.clone() })?;
             let pass = run_passes(&mut [&mut det], &frames, "")?.remove(0);
