@@ -304,6 +304,7 @@ fn pass_into(img: &Image, len: usize, along_x: bool, out: &mut Image) {
 /// `f64::round` compiles to and without a branch (the fraction of a noisy pixel is a coin toss
 /// to the predictor): truncate, then add 1 where the fraction is at least a half.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp would keep a NaN, which the unchecked cast must not see
 fn round_u8(v: f64) -> u8 {
     // max and min return the other operand for a NaN, so v is in [0, 255] whatever came in.
     let v = v.max(0.0).min(255.0);
