@@ -86,6 +86,8 @@ fn a_threaded_delta_step_matches_the_dense_conv_and_the_single_threaded_step() {
         for threads in [2, 1] {
             ops::set_max_threads(threads);
             let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&bias), &p, 0.0).unwrap();
+            // The threaded delta paths under test, not the cost model's dense fallback.
+            delta.set_cost_model(false);
             let before = ops::parallel_runs();
             let mut outs = Vec::new();
             for (k, frame) in frames.iter().enumerate() {

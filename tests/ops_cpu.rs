@@ -1701,6 +1701,74 @@ fn linear_and_softmax_attention_match_their_twins() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn the_delta_cost_model_runs_dense_when_that_is_cheaper_and_stays_exact() {
+    let mut r = rng("the_delta_cost_model_runs_dense_when_that_is_cheaper_and_stays_exact");
+    let (xs, ws) = ([1, 16, 24, 24], [16, 16, 3, 3]);
+    let p = Conv2d { pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() };
+    let w = r.normal_vec(numel(&ws));
+    let b = r.normal_vec(ws[0]);
+    let x0 = r.normal_vec(numel(&xs));
+    // Every entry moves a little (sensor noise over a whole frame): with theta 0 all of it fires,
+    // which the delta paths do slower than the dense conv.
+    let noisy: Vec<f32> = x0.iter().map(|v| v + 0.1 * r.normal()).collect();
+    // One small object moves: a 3x3 patch of every channel.
+    let mut patch = noisy.clone();
+    for c in 0..16 {
+        for i in 10..13 {
+            for j in 10..13 {
+                patch[(c * 24 + i) * 24 + j] += r.normal();
+            }
+        }
+    }
+    let check = |delta: &ops::DeltaConv2d, x: &[f32], what: &str| {
+        assert_close(what, delta.output(), &ref_conv2d(x, xs, &w, ws, Some(&b), &p));
+    };
+    let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    delta.keyframe(&x0).unwrap();
+    let step = delta.step_bounded(&noisy, usize::MAX).unwrap();
+    assert!(step.keyed && !step.cut, "a noisy frame runs dense, and is no scene cut: {step:?}");
+    check(&delta, &noisy, "dense fallback");
+    // The next steps run the plain conv without scanning (still exact), then one scans again
+    // against the state the fallback left and, for a small change, runs in delta.
+    let mut steps = Vec::new();
+    for _ in 0..6 {
+        steps.push(delta.step_bounded(&patch, usize::MAX).unwrap());
+        check(&delta, &patch, "after the fallback");
+    }
+    assert!(steps[..2].iter().all(|s| s.keyed), "{steps:?}");
+    let probe = steps.iter().position(|s| !s.keyed || s.fired < numel(&xs)).expect("a step scans again");
+    assert!(probe <= 3, "scans again within PROBE_EVERY steps: {steps:?}");
+    assert!(!steps.last().unwrap().keyed, "an unchanged frame runs in delta: {steps:?}");
+    // In an executor the plain-conv steps write straight into the graph's buffer and leave the
+    // state alone; the scan after them still starts from an exact state.
+    let mut fast = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    let mut scratch = ops::DeltaScratch::new();
+    scratch.fit(&fast);
+    let mut out = vec![0.0; numel(&ops::conv2d_output_shape(&xs, &ws, &p).unwrap())];
+    fast.keyframe(&x0).unwrap();
+    let mut frames = vec![noisy.clone(), x0.clone(), noisy.clone(), patch.clone(), patch.clone()];
+    frames.push(noisy.clone());
+    let mut kinds = Vec::new();
+    for x in &frames {
+        let step = fast.step_into(x, usize::MAX, &mut scratch, &mut out).unwrap();
+        kinds.push(step.keyed);
+        assert_close("step_into", &out, &ref_conv2d(x, xs, &w, ws, Some(&b), &p));
+    }
+    assert_eq!(kinds[..4], [true, true, true, true], "fallback, then three plain convs");
+    assert!(!kinds[4], "the scan after them runs a small change in delta: {kinds:?}");
+    // Without the cost model the same noisy frame runs in delta.
+    let mut always = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    always.set_cost_model(false);
+    always.keyframe(&x0).unwrap();
+    assert!(!always.step_bounded(&noisy, usize::MAX).unwrap().keyed);
+    check(&always, &noisy, "always delta");
+    // Past the bound it is a cut, whatever the cost model says.
+    let cut = always.step_bounded(&x0, 10).unwrap();
+    assert!(cut.keyed && cut.cut, "{cut:?}");
+    check(&always, &x0, "cut");
+}
+
+#[test]
 fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error() {
     let mut r = rng("delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error");
     let conv = |strides, pads, dilations, group| Conv2d { strides, pads, dilations, group, ..Conv2d::default() };
@@ -1725,6 +1793,8 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
         for &kernel in ops::CpuKernel::available() {
             ops::force_kernel(Some(kernel));
             let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+            // The delta paths under test, not the cost model's dense fallback.
+            delta.set_cost_model(false);
             delta.step(&x).unwrap(); // the first step is a keyframe
             for frame in 0..4 {
                 // A sparse change: a fifth of the inputs move.
@@ -1745,6 +1815,7 @@ fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error()
         // dense conv (per output), without drifting over many frames.
         let theta = 0.05;
         let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, theta).unwrap();
+        delta.set_cost_model(false);
         delta.keyframe(&x).unwrap();
         let per_output: f64 = (0..ws[0])
             .map(|m| w[m * numel(&ws[1..])..][..numel(&ws[1..])].iter().map(|v| v.abs() as f64).sum::<f64>())
@@ -1787,6 +1858,8 @@ fn delta_conv_applies_its_activation_to_the_accumulated_output_and_keys_when_too
     let b = r.normal_vec(7);
     let mut x = r.normal_vec(numel(&xs));
     let mut delta = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    // On a layer this small the cost model would run most steps dense; the delta path is tested.
+    delta.set_cost_model(false);
     assert!(delta.step_bounded(&x, usize::MAX).unwrap().keyed, "the first step is a keyframe");
     let silu = |v: f64| v / (1.0 + (-v).exp());
     for frame in 0..3 {

@@ -76,6 +76,9 @@ impl CpuExecutor {
                     reason: e.to_string(),
                 })?;
             }
+            if let Some(Layer::Conv(c)) = &mut layer {
+                c.set_cost_model(opts.cost_model);
+            }
             if layer.is_none() {
                 other_macs += step.macs();
             }
@@ -302,7 +305,7 @@ impl CpuExecutor {
                 _ => None,
             };
             let result = match (&step.kind, delta_step) {
-                (_, Some((d, f))) => d.run(si, get(&i[0]), f).map(|y| put(&o[0]).copy_from_slice(y)),
+                (_, Some((d, f))) => d.run(si, get(&i[0]), f, put(&o[0])),
                 (kind, None) => match kind {
                     Kind::Conv(p) => {
                         let bias = i.get(2).map(get);

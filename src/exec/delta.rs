@@ -105,11 +105,22 @@ pub struct DeltaOptions {
     /// Scene-relative thresholds; when set they replace `theta` and `layer_theta` from each
     /// layer's first keyframe on.
     pub relative: Option<RelativeThetas>,
+    /// A conv step runs dense when its cost model says that is cheaper than its delta (the
+    /// default: the fastest stream). Off, every step runs in delta unless more than
+    /// `dense_above` fired: what counting the work delta mode saves needs.
+    pub cost_model: bool,
 }
 
 impl Default for DeltaOptions {
     fn default() -> Self {
-        DeltaOptions { theta: 0.0, layer_theta: Vec::new(), keyframe_interval: 64, dense_above: 0.3, relative: None }
+        DeltaOptions {
+            theta: 0.0,
+            layer_theta: Vec::new(),
+            keyframe_interval: 64,
+            dense_above: 0.3,
+            relative: None,
+            cost_model: true,
+        }
     }
 }
 
@@ -366,20 +377,30 @@ impl Layer {
         }
     }
 
-    fn run(&mut self, x: &[f32], key: bool, dense_above: f32, scratch: &mut DeltaScratch) -> Result<DeltaStep> {
+    /// One step on `x`, its output written to `out`.
+    fn run(
+        &mut self,
+        x: &[f32],
+        key: bool,
+        dense_above: f32,
+        scratch: &mut DeltaScratch,
+        out: &mut [f32],
+    ) -> Result<DeltaStep> {
         let max_fired = (dense_above as f64 * self.input_len() as f64) as usize;
-        match (self, key) {
+        let step = match (&mut *self, key) {
             (Layer::Conv(l), true) => {
                 l.keyframe(x)?;
-                Ok(l.last_step())
+                l.last_step()
             }
-            (Layer::Conv(l), false) => l.step_bounded_in(x, max_fired, scratch),
+            (Layer::Conv(l), false) => return l.step_into(x, max_fired, scratch, out),
             (Layer::Linear(l), true) => {
                 l.keyframe(x)?;
-                Ok(l.last_step())
+                l.last_step()
             }
-            (Layer::Linear(l), false) => l.step_bounded(x, max_fired),
-        }
+            (Layer::Linear(l), false) => l.step_bounded(x, max_fired)?,
+        };
+        out.copy_from_slice(self.output());
+        Ok(step)
     }
 }
 
@@ -489,12 +510,12 @@ impl DeltaMode {
         Frame { key, cut: false }
     }
 
-    /// Runs step `si`'s delta layer on `x`.
-    pub(crate) fn run(&mut self, si: usize, x: &[f32], frame: &mut Frame) -> Result<&[f32]> {
+    /// Runs step `si`'s delta layer on `x`, its output into `out`.
+    pub(crate) fn run(&mut self, si: usize, x: &[f32], frame: &mut Frame, out: &mut [f32]) -> Result<()> {
         let layer = self.layers[si].as_mut().expect("called for delta steps only");
         let dense = frame.key || frame.cut;
-        let step = layer.run(x, dense, self.opts.dense_above, &mut self.scratch)?;
-        if step.keyed && !dense && self.reads_input[si] {
+        let step = layer.run(x, dense, self.opts.dense_above, &mut self.scratch, out)?;
+        if step.cut && !dense && self.reads_input[si] {
             frame.cut = true;
             self.stats.scene_cuts += 1;
         }
@@ -502,7 +523,9 @@ impl DeltaMode {
         s.fired += step.fired as u64;
         s.macs += step.macs;
         s.dense_frames += u64::from(step.keyed);
-        if let (true, Some(r)) = (step.keyed, self.opts.relative) {
+        // Thresholds follow the scene at keyframes and scene cuts; a layer the cost model ran
+        // dense keeps its own (re-measuring on every such frame cost more than the conv).
+        if let (true, Some(r)) = (dense || step.cut, self.opts.relative) {
             let mult = if self.reads_input[si] { r.t_camera } else { r.t };
             let (c, inner) = self.input_layout[si];
             let sums = &mut self.sums[..c];
@@ -524,7 +547,7 @@ impl DeltaMode {
             layer.set_thetas(thetas)?;
             s.theta = thetas.iter().sum::<f32>() / c.max(1) as f32;
         }
-        Ok(layer.output())
+        Ok(())
     }
 
     /// Counts a frame of exact step `si`, which ran as the dense op.

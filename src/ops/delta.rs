@@ -55,8 +55,10 @@ pub struct DeltaStep {
     pub fired: usize,
     /// Multiply-adds done.
     pub macs: u64,
-    /// The step ran the dense layer (a keyframe, forced or because too much fired).
+    /// The step ran the dense layer (a keyframe: forced, cheaper, or because too much fired).
     pub keyed: bool,
+    /// More than the step's bound fired (for a layer that reads a camera, a scene cut).
+    pub cut: bool,
 }
 
 /// Whether `dx` fires under `theta`. NaN never fires (and never poisons the state); theta = 0
@@ -180,9 +182,38 @@ impl TapClasses {
 /// Moved input positions per GEMM of the one-group path: bounds the scratch.
 const CHUNK: usize = 256;
 
-/// How many times the scatter's multiply-adds the position GEMM may do and still be chosen:
-/// roughly how much faster the GEMM kernel runs than the scatter's short row updates.
-const GEMM_ADVANTAGE: usize = 6;
+/// The cost model that picks a step's path, in nanoseconds of one AVX-512 core, read off
+/// `cargo bench --bench delta` and timers around its phases: only the ratios matter, and they carry
+/// over between machines better than the times do. The dense conv runs its multiply-adds about
+/// three times faster per unit than the position GEMM's short-K GEMM does, but a step's fixed
+/// costs per moved position and per touched output (the activation, and a write into each
+/// channel's plane) are what decide small layers.
+mod cost {
+    pub const DENSE_MAC: f64 = 0.03;
+    /// Per output value of the dense path (activation, copies).
+    pub const DENSE_OUTPUT: f64 = 0.5;
+    pub const GEMM_MAC: f64 = 0.1;
+    /// Per moved position of the GEMM path: gathering its row, adding its products into y.
+    pub const GEMM_POSITION: f64 = 40.0;
+    pub const SCATTER_MAC: f64 = 0.6;
+    /// Per fired entry of the scatter.
+    pub const SCATTER_ENTRY: f64 = 20.0;
+    /// Per touched output value: the refresh.
+    pub const TOUCHED: f64 = 2.5;
+    /// Per output value, when y must first be transposed (the first delta step after a dense one).
+    pub const TRANSPOSE: f64 = 1.2;
+}
+
+/// How a step adds its fired entries (or does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// Whole moved positions as rows of a GEMM against the weights of their taps.
+    Gemm,
+    /// Entry by entry.
+    Scatter,
+    /// The dense conv: cheaper than either (or a scene cut).
+    Dense,
+}
 
 /// One conv layer's delta state.
 #[derive(Clone, Debug)]
@@ -199,14 +230,20 @@ pub struct DeltaConv2d {
     bias: Option<Vec<f32>>,
     /// The conv without its activation (the keyframe computes y with it).
     linear: Conv2d,
+    /// The conv with its activation, for the dense steps that leave the state alone.
+    fused: Conv2d,
     activation: Activation,
     rows: TapTable,
     cols: TapTable,
     /// Per input channel.
     theta: Vec<f32>,
     x_ref: Vec<f32>,
-    /// Pre-activation output, position-major [N, OH*OW, M].
+    /// Pre-activation output: position-major [N, OH*OW, M] for the scatter, or right after a
+    /// keyframe the conv's own channel-major [N, M, OH, OW] (`y_position_major` false). The first
+    /// delta step after a keyframe transposes it; a layer that keeps falling back to dense never
+    /// pays for the transposition, so its dense frames cost what the plain conv costs.
     y: Vec<f32>,
+    y_position_major: bool,
     /// act(y), channel-major [N, M, OH, OW].
     out: Vec<f32>,
     /// Per output position (of all N), the step that last touched it (the lanes' `touched`
@@ -226,8 +263,19 @@ pub struct DeltaConv2d {
     /// every layer instead ([`DeltaConv2d::step_bounded_in`]), and this stays empty.
     own: DeltaScratch,
     keyed: bool,
+    /// Steps left to run dense without a scan, after the cost model last chose dense.
+    skip_scans: u32,
+    /// Whether a step may fall back to the dense conv when the cost model says it is cheaper.
+    cost_model: bool,
     last: DeltaStep,
 }
+
+/// After the cost model picks the dense conv, the next this-many-minus-one steps run the plain
+/// conv (activation fused, no scan, the state left alone): a layer whose input is noisy stays
+/// noisy for a while, and a fallback that has paid for its scan and the state's upkeep costs up
+/// to half as much again as the plain conv (`cargo bench --bench delta`). The step after them scans against the state the fallback
+/// left, which is still exact (y is the conv of x_ref), and decides again.
+const PROBE_EVERY: u32 = 8;
 
 /// Per-thread scratch of the delta conv's one-group path: the moved positions of one residue
 /// class, the dx rows of one chunk of them in the GEMM kernel's packed layout ([CHUNK, C]),
@@ -237,6 +285,8 @@ pub struct DeltaConv2d {
 #[derive(Clone, Debug, Default)]
 pub struct DeltaScratch {
     lanes: Vec<Lane>,
+    /// The channel-major y a keyframe left, on its way to position-major.
+    transpose: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -252,7 +302,7 @@ struct Lane {
 }
 
 /// Output rows activated per call when the touched outputs are rewritten.
-const REFRESH_ROWS: usize = 16;
+const REFRESH_ROWS: usize = 64;
 
 /// Lanes of a [`DeltaScratch`]: the threads one delta step may use. More would multiply the
 /// scratch (megabytes per lane for a wide layer) for little: the step is memory-bound.
@@ -278,6 +328,7 @@ impl DeltaScratch {
                 v.resize(len, 0.0);
             }
         };
+        grow_f32(&mut self.transpose, layer.y.len());
         for lane in &mut self.lanes {
             let reserve = |v: &mut Vec<u32>, len: usize| v.reserve(len.saturating_sub(v.len()));
             reserve(&mut lane.touched, n * oh * ow);
@@ -348,6 +399,7 @@ impl DeltaConv2d {
             packed: PackedConvWeights::new(w, w_shape, group)?,
             bias: bias.map(<[f32]>::to_vec),
             linear: Conv2d { activation: Activation::None, ..p.clone() },
+            fused: p.clone(),
             activation: p.activation.clone(),
             classes: if one_group { TapClasses::new(w, &ws, p) } else { TapClasses::default() },
             rows: TapTable::new(xs[2], out_shape[2], kh, p.strides[0], p.dilations[0], p.pads[0]),
@@ -355,6 +407,7 @@ impl DeltaConv2d {
             theta: vec![theta; xs[1]],
             x_ref: vec![0.0; xs.iter().product()],
             y: vec![0.0; out_shape.iter().product()],
+            y_position_major: false,
             out: vec![0.0; out_shape.iter().product()],
             mark: vec![0; positions],
             generation: 0,
@@ -364,6 +417,8 @@ impl DeltaConv2d {
             group_starts: Vec::with_capacity(group),
             own: DeltaScratch::new(),
             keyed: false,
+            skip_scans: 0,
+            cost_model: true,
             last: DeltaStep::default(),
         })
     }
@@ -418,30 +473,56 @@ impl DeltaConv2d {
         (self.out.len() * cg * kh * kw) as u64
     }
 
+    /// Whether steps may run the dense conv when the cost model says it is cheaper than their
+    /// delta (on by default). Off, every step runs in delta unless more than its bound fired:
+    /// the setting for counting the work delta mode saves, as `kestrel calibrate-delta` does.
+    pub fn set_cost_model(&mut self, on: bool) {
+        self.cost_model = on;
+        self.skip_scans = 0;
+    }
+
     /// Forgets the state: the next step is a keyframe.
     pub fn reset(&mut self) {
         self.keyed = false;
+        self.skip_scans = 0;
     }
 
     /// The dense conv of `x`; both states restart from it.
     pub fn keyframe(&mut self, x: &[f32]) -> Result<&[f32]> {
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
-        conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.linear, &mut self.out)?;
+        conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.linear, &mut self.y)?;
+        self.y_position_major = false;
+        super::activation(&self.y, &self.out_shape, &self.activation, &mut self.out)?;
+        self.x_ref.copy_from_slice(x);
+        self.keyed = true;
+        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
+        Ok(&self.out)
+    }
+
+    /// Makes y position-major, through `scratch` (at least y's length).
+    fn position_major_y(&mut self, scratch: &mut [f32]) {
+        if self.y_position_major {
+            return;
+        }
         let [n, m, oh, ow] = self.out_shape;
         let ohw = oh * ow;
+        let channel_major = &mut scratch[..self.y.len()];
+        channel_major.copy_from_slice(&self.y);
+        // In blocks of positions whose rows of y stay in L1 while every plane writes into them.
+        const BLOCK: usize = 64;
         for b in 0..n {
-            for mo in 0..m {
-                let plane = &self.out[(b * m + mo) * ohw..][..ohw];
-                for (pos, &v) in plane.iter().enumerate() {
-                    self.y[(b * ohw + pos) * m + mo] = v;
+            for from in (0..ohw).step_by(BLOCK) {
+                let len = BLOCK.min(ohw - from);
+                let rows = &mut self.y[(b * ohw + from) * m..][..len * m];
+                for mo in 0..m {
+                    let plane = &channel_major[(b * m + mo) * ohw + from..][..len];
+                    for (row, &v) in rows.chunks_exact_mut(m).zip(plane) {
+                        row[mo] = v;
+                    }
                 }
             }
         }
-        super::activation_inplace(&mut self.out, &self.out_shape, &self.activation)?;
-        self.x_ref.copy_from_slice(x);
-        self.keyed = true;
-        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true };
-        Ok(&self.out)
+        self.y_position_major = true;
     }
 
     /// Adds the fired part of `x - x_ref` to the output (a keyframe if there has been none).
@@ -469,6 +550,13 @@ impl DeltaConv2d {
             self.keyframe(x)?;
             return Ok(self.last);
         }
+        if self.skip_scans > 0 {
+            // Standalone, the layer's own output is the result, so the dense step is a keyframe
+            // ([`DeltaConv2d::step_into`] skips the state's upkeep instead).
+            self.skip_scans -= 1;
+            self.keyframe(x)?;
+            return Ok(self.last);
+        }
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
         self.check_scratch(scratch)?;
         let kern = Kernel::current();
@@ -482,7 +570,31 @@ impl DeltaConv2d {
             lane.touched.clear();
             lane.macs = 0;
         }
-        self.step_moved(x, max_fired, kern, &mut scratch.lanes)
+        let DeltaScratch { lanes, transpose } = scratch;
+        self.step_moved(x, max_fired, kern, lanes, transpose)
+    }
+
+    /// [`DeltaConv2d::step_bounded_in`], the output written to `out` ([N, M, OH, OW]). A step the
+    /// cost model runs as the plain conv writes straight into `out` and leaves the layer's own
+    /// output alone: that still holds act(y) for the state (y, x_ref) the next scan starts from.
+    pub fn step_into(
+        &mut self,
+        x: &[f32],
+        max_fired: usize,
+        scratch: &mut DeltaScratch,
+        out: &mut [f32],
+    ) -> Result<DeltaStep> {
+        check_len("delta_conv2d", "output", out.len(), &self.out_shape)?;
+        if self.keyed && self.skip_scans > 0 {
+            self.skip_scans -= 1;
+            check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
+            conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.fused, out)?;
+            self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
+            return Ok(self.last);
+        }
+        let step = self.step_bounded_in(x, max_fired, scratch)?;
+        out.copy_from_slice(&self.out);
+        Ok(step)
     }
 
     fn check_scratch(&self, scratch: &DeltaScratch) -> Result<()> {
@@ -499,7 +611,7 @@ impl DeltaConv2d {
                         && l.gemm_tail.len() >= c * NR_MAX
                         && l.products.len() >= CHUNK * kh * kw * m))
         };
-        if scratch.lanes.is_empty() || !scratch.lanes.iter().all(fits) {
+        if scratch.lanes.is_empty() || !scratch.lanes.iter().all(fits) || scratch.transpose.len() < self.y.len() {
             return Err(Error::InvalidArgument {
                 reason: "delta_conv2d: the shared scratch was not fitted to this layer".into(),
             });
@@ -520,7 +632,14 @@ impl DeltaConv2d {
     ///    position, whose x_ref the gather moves, is in one band). Otherwise (and for grouped
     ///    convs) each moved position's fired channels are scattered entry by entry.
     /// 3. act(y) is rewritten at the touched outputs, each thread at its own.
-    fn step_moved(&mut self, x: &[f32], max_fired: usize, kern: Kernel, lanes: &mut [Lane]) -> Result<DeltaStep> {
+    fn step_moved(
+        &mut self,
+        x: &[f32],
+        max_fired: usize,
+        kern: Kernel,
+        lanes: &mut [Lane],
+        transpose: &mut [f32],
+    ) -> Result<DeltaStep> {
         let [n, c, h, w] = self.x_shape;
         let m = self.w_shape[0];
         let [_, _, oh, ow] = self.out_shape;
@@ -529,18 +648,23 @@ impl DeltaConv2d {
         let (mut fired, mut macs) = (0usize, 0u64);
         for b in 0..n {
             let xb = &x[b * c * hw..][..c * hw];
-            let firing = self.scan(b, xb, kern, threads);
+            let (firing, moved) = self.scan(b, xb, kern, threads);
             fired = fired.saturating_add(firing);
             if fired > max_fired {
                 self.keyframe(x)?;
+                self.last.cut = true;
+                return Ok(self.last);
+            }
+            let path = self.cheapest_path(moved, firing);
+            if path == Path::Dense {
+                self.keyframe(x)?;
+                self.skip_scans = PROBE_EVERY - 1;
                 return Ok(self.last);
             }
             self.positions.clear();
             self.positions.extend(self.moved.iter().enumerate().filter(|(_, &v)| v != 0).map(|(p, _)| p as u32));
-            // A GEMM over whole positions does C / (fired per position) times the scatter's
-            // multiply-adds, at several times its speed: it wins unless the firing is very
-            // scattered across channels.
-            if self.group > 1 || self.positions.len() * c > GEMM_ADVANTAGE * firing {
+            self.position_major_y(transpose);
+            if path == Path::Scatter {
                 macs += self.scatter_positions(b, xb, kern, &mut lanes[0]);
                 continue;
             }
@@ -593,12 +717,45 @@ impl DeltaConv2d {
         parallel_items(threads, workers_for(touched * m * 8, threads), |lane, _| refresh.run(lane));
         // Every fired entry was counted by the scan (the passes after it use each once).
         macs += lanes.iter().map(|l| l.macs).sum::<u64>();
-        self.last = DeltaStep { fired, macs, keyed: false };
+        self.last = DeltaStep { fired, macs, keyed: false, cut: false };
         Ok(self.last)
     }
 
-    /// Pass 1 of a step on image `b`: marks the moved positions and returns the fired count.
-    fn scan(&mut self, b: usize, xb: &[f32], kern: Kernel, threads: usize) -> usize {
+    /// The cheapest way to add `firing` fired entries at `moved` positions of one image, by the
+    /// [`cost`] model. Falling back to dense when the delta paths cost more keeps a layer whose
+    /// input is noisy from running slower than the plain conv.
+    fn cheapest_path(&self, moved: usize, firing: usize) -> Path {
+        let c = self.x_shape[1] as f64;
+        let [m, cg, kh, kw] = self.w_shape;
+        let [_, _, oh, ow] = self.out_shape;
+        let [sh, sw] = self.linear.strides;
+        let (moved, firing, m, outputs) = (moved as f64, firing as f64, m as f64, (oh * ow) as f64);
+        // Outputs an input reaches through the kernel, and over how many inputs an output's
+        // taps spread: a moved blob touches about moved / stride^2 outputs, scattered moves
+        // moved * reach. Between the two, the geometric mean.
+        let reach = (kh * kw) as f64 / (sh.max(1) * sw.max(1)) as f64;
+        let touched = (moved * (reach / (sh.max(1) * sw.max(1)) as f64).sqrt()).min(outputs) * m;
+        let mg = m / self.group as f64;
+        let fixed = touched * cost::TOUCHED + if self.y_position_major { 0.0 } else { outputs * m * cost::TRANSPOSE };
+        let scatter = firing * (cost::SCATTER_ENTRY + reach * mg * cost::SCATTER_MAC) + fixed;
+        let gemm = if self.group == 1 {
+            moved * (cost::GEMM_POSITION + c * reach * m * cost::GEMM_MAC) + fixed
+        } else {
+            f64::INFINITY
+        };
+        let dense = outputs * m * ((cg * kh * kw) as f64 * cost::DENSE_MAC + cost::DENSE_OUTPUT);
+        if self.cost_model && gemm.min(scatter) > dense {
+            Path::Dense
+        } else if gemm <= scatter {
+            Path::Gemm
+        } else {
+            Path::Scatter
+        }
+    }
+
+    /// Pass 1 of a step on image `b`: marks the moved positions and returns the fired count and
+    /// the moved count.
+    fn scan(&mut self, b: usize, xb: &[f32], kern: Kernel, threads: usize) -> (usize, usize) {
         let [_, c, h, w] = self.x_shape;
         let hw = h * w;
         // Ranges of whole cache lines, about four per thread.
@@ -606,6 +763,7 @@ impl DeltaConv2d {
         let span = hw.div_ceil(4 * threads).next_multiple_of(16).max(16);
         let items = hw.div_ceil(span);
         let total = std::sync::atomic::AtomicUsize::new(0);
+        let total_moved = std::sync::atomic::AtomicUsize::new(0);
         let (theta, moved) = (&self.theta, SharedMut::new(&mut self.moved));
         let x_ref = &self.x_ref[b * c * hw..][..c * hw];
         parallel_items(items, threads, |item, _| {
@@ -619,8 +777,10 @@ impl DeltaConv2d {
                 firing += scan_plane(kern, &xb[at..][..len], &x_ref[at..][..len], mv, theta);
             }
             total.fetch_add(firing, std::sync::atomic::Ordering::Relaxed);
+            let moved: usize = mv.iter().map(|&v| v as usize).sum();
+            total_moved.fetch_add(moved, std::sync::atomic::Ordering::Relaxed);
         });
-        total.into_inner()
+        (total.into_inner(), total_moved.into_inner())
     }
 
     /// The scatter of the moved positions of image `b`, entry by entry (four fired channels of a
@@ -869,6 +1029,7 @@ impl Refresh<'_> {
         // SAFETY: item `lane` runs once, and is the only user of that lane in this pass.
         let lane = unsafe { &mut self.lanes.range(lane, 1)[0] };
         let per_channel = self.activation.is_per_channel();
+        lane.touched.sort_unstable();
         // REFRESH_ROWS rows at a time: one activation call over them (m can be as small as 8).
         for batch in lane.touched.chunks(REFRESH_ROWS) {
             let rows = &mut lane.rows[..batch.len() * m];
@@ -884,11 +1045,14 @@ impl Refresh<'_> {
             } else {
                 self.kern.activate(self.activation, rows, 0);
             }
-            for (row, &at) in rows.chunks_exact(m).zip(batch) {
-                let (b, pos) = (at as usize / ohw, at as usize % ohw);
-                for (mo, &v) in row.iter().enumerate() {
+            // Channel by channel: the batch's positions are sorted, so in each plane their
+            // writes share cache lines (position by position, each write lands on another
+            // plane's line, and the step spent more time here than in its GEMM).
+            for mo in 0..m {
+                for (row, &at) in rows.chunks_exact(m).zip(batch) {
+                    let (b, pos) = (at as usize / ohw, at as usize % ohw);
                     // SAFETY: output position `at` is on this lane's list only.
-                    unsafe { self.out.set((b * m + mo) * ohw + pos, v) };
+                    unsafe { self.out.set((b * m + mo) * ohw + pos, row[mo]) };
                 }
             }
         }
@@ -999,7 +1163,7 @@ impl DeltaLinear {
         }
         self.x_ref.copy_from_slice(x);
         self.keyed = true;
-        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true };
+        self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
         Ok(&self.y)
     }
 
@@ -1026,12 +1190,13 @@ impl DeltaLinear {
             fired += self.fired_here.len();
             if fired > max_fired {
                 self.keyframe(x)?;
+                self.last.cut = true;
                 return Ok(self.last);
             }
             kern.axpy_taps(&mut self.y[r * self.n..][..self.n], &self.w_t, 0, &self.fired_here);
             macs += (self.fired_here.len() * self.n) as u64;
         }
-        self.last = DeltaStep { fired, macs, keyed: false };
+        self.last = DeltaStep { fired, macs, keyed: false, cut: false };
         Ok(self.last)
     }
 

@@ -43,6 +43,10 @@ pub struct DeltaArgs {
     /// `t=0.1 t_camera=0.07 [exact_below=0.002] [noise=3]` (see docs/ARCHITECTURE.md).
     #[arg(long, value_name = "SPEC")]
     pub relative: Option<String>,
+    /// Run every conv step in delta, even where its cost model says the dense conv is faster
+    /// (for counting the work delta mode saves; `calibrate-delta` always does).
+    #[arg(long)]
+    pub always_delta: bool,
 }
 
 /// `--exact-below` when calibrating, unless given.
@@ -68,6 +72,7 @@ impl DeltaArgs {
         }
         opts.keyframe_interval = self.keyframe_every;
         opts.dense_above = self.dense_above;
+        opts.cost_model = !self.always_delta;
         match (opts.relative.as_mut(), self.exact_below) {
             (Some(r), Some(e)) => r.exact_below = e,
             // Silently ignoring it would leave the user believing small layers ran exact.
@@ -326,9 +331,11 @@ pub fn calibrate_delta_cmd(
     let options = DecodeOptions { score: 0.001, iou: 0.7, max_detections: 300 };
     let mut dense = m.open(options)?;
     let frames = load_sequence(&dense, dir)?;
+    // Thresholds are ranked by the work they save, so every step runs in delta.
     let base = DeltaOptions {
         keyframe_interval: delta.keyframe_every,
         dense_above: delta.dense_above,
+        cost_model: false,
         ..DeltaOptions::default()
     };
     let exact_below = delta.exact_below.unwrap_or(CALIBRATE_EXACT_BELOW);
