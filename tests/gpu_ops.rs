@@ -1152,6 +1152,8 @@ fn delta_conv_on_the_gpu_follows_its_cpu_twin() {
             let what = format!("x {xs:?} w {ws:?} theta {theta:?}");
             let mut cpu = DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
             cpu.set_thetas(&theta).unwrap();
+            // The twin of the GPU's delta step is the CPU's delta step, not its dense fallback.
+            cpu.set_cost_model(false);
             let gpu = GpuDeltaConv2d::new(ctx, &xs, &w, &ws, Some(&b), &p, &theta).unwrap();
             let mut got = vec![0f32; cpu.output().len()];
             cpu.keyframe(&x).unwrap();
