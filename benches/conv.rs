@@ -5,18 +5,8 @@
 use kestrel::ops::{self, numel, Activation, Conv2d};
 use kestrel::rng::SplitMix64;
 
-fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: scratch, caches, page faults
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = std::time::Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
+mod common;
+use common::median_seconds;
 
 fn main() {
     let mut r = SplitMix64::new(7);

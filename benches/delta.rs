@@ -9,18 +9,8 @@
 use kestrel::ops::{self, numel, Activation, Conv2d, DeltaConv2d};
 use kestrel::rng::SplitMix64;
 
-fn median_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: scratch, caches, page faults
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = std::time::Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
+mod common;
+use common::median_seconds;
 
 /// Two frames that differ where `change` says: (previous, next).
 fn frames(xs: &[usize; 4], change: Change, r: &mut SplitMix64) -> (Vec<f32>, Vec<f32>) {
