@@ -1730,14 +1730,14 @@ fn the_delta_cost_model_runs_dense_when_that_is_cheaper_and_stays_exact() {
     check(&delta, &noisy, "dense fallback");
     // The next steps run the plain conv without scanning (still exact), then one scans again
     // against the state the fallback left and, for a small change, runs in delta.
+    let probe = ops::DELTA_PROBE_EVERY as usize;
     let mut steps = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..probe + 2 {
         steps.push(delta.step_bounded(&patch, usize::MAX).unwrap());
         check(&delta, &patch, "after the fallback");
     }
-    assert!(steps[..2].iter().all(|s| s.keyed), "{steps:?}");
-    let probe = steps.iter().position(|s| !s.keyed || s.fired < numel(&xs)).expect("a step scans again");
-    assert!(probe <= 3, "scans again within PROBE_EVERY steps: {steps:?}");
+    assert!(steps[..probe - 1].iter().all(|s| s.keyed), "{steps:?}");
+    assert!(!steps[probe - 1].keyed, "the {probe}th step scans again and runs in delta: {steps:?}");
     assert!(!steps.last().unwrap().keyed, "an unchanged frame runs in delta: {steps:?}");
     // In an executor the plain-conv steps write straight into the graph's buffer and leave the
     // state alone; the scan after them still starts from an exact state.
@@ -1746,16 +1746,30 @@ fn the_delta_cost_model_runs_dense_when_that_is_cheaper_and_stays_exact() {
     scratch.fit(&fast);
     let mut out = vec![0.0; numel(&ops::conv2d_output_shape(&xs, &ws, &p).unwrap())];
     fast.keyframe(&x0).unwrap();
-    let mut frames = vec![noisy.clone(), x0.clone(), noisy.clone(), patch.clone(), patch.clone()];
-    frames.push(noisy.clone());
+    // The fallback, plain convs on frames that differ a lot, then the scan on a small change.
+    let mut frames: Vec<&[f32]> = vec![&noisy];
+    frames.extend((1..probe).map(|k| if k % 2 == 1 { &x0[..] } else { &noisy[..] }));
+    frames.extend([&patch[..], &patch[..], &noisy[..]]);
     let mut kinds = Vec::new();
     for x in &frames {
         let step = fast.step_into(x, usize::MAX, &mut scratch, &mut out).unwrap();
         kinds.push(step.keyed);
         assert_close("step_into", &out, &ref_conv2d(x, xs, &w, ws, Some(&b), &p));
     }
-    assert_eq!(kinds[..4], [true, true, true, true], "fallback, then three plain convs");
-    assert!(!kinds[4], "the scan after them runs a small change in delta: {kinds:?}");
+    assert!(kinds[..probe].iter().all(|&k| k), "the fallback, then plain convs: {kinds:?}");
+    // The scan compares with the state of the fallback's frame (noisy): only the patch moved.
+    assert!(!kinds[probe], "the scan after them runs a small change in delta: {kinds:?}");
+    // A layer that reads a camera scans on every step, so a scene cut right after a fallback is
+    // still seen; one that skips its scans would not see it.
+    for scan_always in [true, false] {
+        let mut watch = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+        watch.set_scan_always(scan_always);
+        watch.keyframe(&x0).unwrap();
+        assert!(watch.step_bounded(&noisy, usize::MAX).unwrap().keyed);
+        let after = watch.step_into(&patch, 10, &mut scratch, &mut out).unwrap();
+        assert_eq!(after.cut, scan_always, "scan always: {scan_always}: {after:?}");
+        assert_close("after a cut", &out, &ref_conv2d(&patch, xs, &w, ws, Some(&b), &p));
+    }
     // Without the cost model the same noisy frame runs in delta.
     let mut always = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
     always.set_cost_model(false);

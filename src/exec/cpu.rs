@@ -76,14 +76,17 @@ impl CpuExecutor {
                     reason: e.to_string(),
                 })?;
             }
+            let reads = step.inputs.iter().any(|o| matches!(o.loc, Loc::Input(_)));
             if let Some(Layer::Conv(c)) = &mut layer {
                 c.set_cost_model(opts.cost_model);
+                // A camera layer's scan is what sees a scene cut: it never skips one.
+                c.set_scan_always(reads);
             }
             if layer.is_none() {
                 other_macs += step.macs();
             }
             layers.push(layer);
-            reads_input.push(step.inputs.iter().any(|o| matches!(o.loc, Loc::Input(_))));
+            reads_input.push(reads);
         }
         let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
         // (channels, values per channel per image) of each step's first input.

@@ -267,6 +267,9 @@ pub struct DeltaConv2d {
     skip_scans: u32,
     /// Whether a step may fall back to the dense conv when the cost model says it is cheaper.
     cost_model: bool,
+    /// Scan on every step, even after the cost model chose dense (a layer that reads a camera:
+    /// its scan is what sees a scene cut).
+    scan_always: bool,
     last: DeltaStep,
 }
 
@@ -275,7 +278,7 @@ pub struct DeltaConv2d {
 /// noisy for a while, and a fallback that has paid for its scan and the state's upkeep costs up
 /// to half as much again as the plain conv (`cargo bench --bench delta`). The step after them scans against the state the fallback
 /// left, which is still exact (y is the conv of x_ref), and decides again.
-const PROBE_EVERY: u32 = 8;
+pub const PROBE_EVERY: u32 = 8;
 
 /// Per-thread scratch of the delta conv's one-group path: the moved positions of one residue
 /// class, the dx rows of one chunk of them in the GEMM kernel's packed layout ([CHUNK, C]),
@@ -419,6 +422,7 @@ impl DeltaConv2d {
             keyed: false,
             skip_scans: 0,
             cost_model: true,
+            scan_always: false,
             last: DeltaStep::default(),
         })
     }
@@ -478,6 +482,13 @@ impl DeltaConv2d {
     /// the setting for counting the work delta mode saves, as `kestrel calibrate-delta` does.
     pub fn set_cost_model(&mut self, on: bool) {
         self.cost_model = on;
+        self.skip_scans = 0;
+    }
+
+    /// Whether every step scans its input, even after the cost model chose dense (off by
+    /// default). On for a layer that reads a camera, whose scan is what detects a scene cut.
+    pub fn set_scan_always(&mut self, on: bool) {
+        self.scan_always = on;
         self.skip_scans = 0;
     }
 
@@ -658,7 +669,7 @@ impl DeltaConv2d {
             let path = self.cheapest_path(moved, firing);
             if path == Path::Dense {
                 self.keyframe(x)?;
-                self.skip_scans = PROBE_EVERY - 1;
+                self.skip_scans = if self.scan_always { 0 } else { PROBE_EVERY - 1 };
                 return Ok(self.last);
             }
             self.positions.clear();
