@@ -21,18 +21,16 @@ fn frames(xs: &[usize; 4], change: Change, r: &mut SplitMix64) -> (Vec<f32>, Vec
         Change::Patch(share) => {
             let side = ((share * (h * w) as f64).sqrt() as usize).min(h).min(w);
             for ci in 0..c {
-                for i in h / 4..h / 4 + side {
+                for i in h / 4..(h / 4 + side).min(h) {
                     for j in w / 4..(w / 4 + side).min(w) {
-                        if i < h {
-                            y[(ci * h + i) * w + j] += 2.0 * r.normal();
-                        }
+                        y[(ci * h + i) * w + j] += 2.0 * r.normal();
                     }
                 }
             }
         }
         Change::Scattered(share) => {
             for v in &mut y {
-                if (r.next_u64() % 1_000_000) as f64 / 1e6 < share {
+                if r.unit() < share {
                     *v += 2.0 * r.normal();
                 }
             }

@@ -596,7 +596,8 @@ impl DeltaConv2d {
         out: &mut [f32],
     ) -> Result<DeltaStep> {
         check_len("delta_conv2d", "output", out.len(), &self.out_shape)?;
-        if self.keyed && self.skip_scans > 0 {
+        if self.skip_scans > 0 {
+            // Set only by a dense step, so the state exists (reset clears it).
             self.skip_scans -= 1;
             check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
             conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.fused, out)?;

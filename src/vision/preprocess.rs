@@ -318,10 +318,8 @@ fn round_u8(v: f64) -> u8 {
 mod tests {
     use super::*;
 
-    const MAX_TAPS: usize = super::MAX_TAPS;
-
-    /// The pixel-by-pixel pass this module used to run, kept as the reference of [`super::pass_into`].
-    /// One separable pass along x (`along_x`) or y to `len` samples, rounded to 8 bits, into `out`.
+    /// The pixel-by-pixel pass this module used to run (`Image::get` per tap), kept as the
+    /// reference [`pass_into`] must match bit for bit.
     fn pass_into_reference(img: &Image, len: usize, along_x: bool, out: &mut Image) {
         let in_len = if along_x { img.width } else { img.height };
         let (w, h) = if along_x { (len, img.height) } else { (img.width, len) };
