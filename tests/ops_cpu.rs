@@ -1783,6 +1783,65 @@ fn the_delta_cost_model_runs_dense_when_that_is_cheaper_and_stays_exact() {
 }
 
 #[test]
+fn with_the_cost_model_only_a_camera_layer_treats_its_bound_as_a_cut_and_it_keeps_its_state_when_it_runs_dense() {
+    let mut r = rng("with_the_cost_model_only_a_camera_layer_treats_its_bound_as_a_cut");
+    let (xs, ws) = ([1, 16, 24, 24], [16, 16, 3, 3]);
+    let p = Conv2d { pads: [1; 4], activation: Activation::Silu, ..Conv2d::default() };
+    let w = r.normal_vec(numel(&ws));
+    let b = r.normal_vec(ws[0]);
+    let x0 = r.normal_vec(numel(&xs));
+    // Every entry moves: past any small bound, and dearer in delta than dense.
+    let moved: Vec<f32> = x0.iter().map(|v| v + 0.1 * r.normal()).collect();
+    let mut scratch = ops::DeltaScratch::new();
+    let mut out = vec![0.0; numel(&ops::conv2d_output_shape(&xs, &ws, &p).unwrap())];
+    let exact = |out: &[f32], x: &[f32], what: &str| assert_close(what, out, &ref_conv2d(x, xs, &w, ws, Some(&b), &p));
+    let bound = 100;
+    // A layer further in: past its bound it runs dense like any cost fallback (no cut), then
+    // runs the plain conv without scanning until its next probe.
+    let mut inner = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    scratch.fit(&inner);
+    inner.keyframe(&x0).unwrap();
+    let probe = ops::DELTA_PROBE_EVERY as usize;
+    let mut steps = Vec::new();
+    for k in 0..probe {
+        let x = if k % 2 == 0 { &moved } else { &x0 };
+        steps.push(inner.step_into(x, bound, &mut scratch, &mut out).unwrap());
+        exact(&out, x, "inner layer past its bound");
+    }
+    assert!(steps.iter().all(|s| s.keyed && !s.cut), "dense, never a cut: {steps:?}");
+    // Its fallback refreshed its state (x_ref is the frame that went past the bound), so the
+    // probe after the plain convs saw the change from that frame: none, for the same frame.
+    assert_eq!(inner.reference_input(), &moved[..], "the fallback refreshes an inner layer's state");
+    let settled = inner.step_into(&moved, bound, &mut scratch, &mut out).unwrap();
+    assert!(!settled.keyed && settled.fired == 0, "{steps:?} then {settled:?}");
+    exact(&out, &moved, "settled");
+    // A camera layer: past its bound is a scene cut, a keyframe of the new frame.
+    let mut camera = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    camera.set_scan_always(true);
+    camera.keyframe(&x0).unwrap();
+    let cut = camera.step_into(&moved, bound, &mut scratch, &mut out).unwrap();
+    assert!(cut.keyed && cut.cut, "{cut:?}");
+    assert_eq!(camera.reference_input(), &moved[..]);
+    exact(&out, &moved, "camera cut");
+    // Under its bound but dearer in delta, it runs the plain conv into the caller's buffer and
+    // leaves its state alone (still exact: its own output is still the conv of x_ref), rather
+    // than pay for a keyframe on every noisy frame.
+    camera.keyframe(&x0).unwrap();
+    let dense = camera.step_into(&moved, usize::MAX, &mut scratch, &mut out).unwrap();
+    assert!(dense.keyed && !dense.cut, "{dense:?}");
+    exact(&out, &moved, "camera fallback");
+    assert_eq!(camera.reference_input(), &x0[..], "the camera layer's state is left alone");
+    exact(camera.output(), &x0, "the camera layer's own output");
+    // Without the cost model, past the bound is a cut for any layer.
+    let mut always = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    always.set_cost_model(false);
+    always.keyframe(&x0).unwrap();
+    let cut = always.step_into(&moved, bound, &mut scratch, &mut out).unwrap();
+    assert!(cut.keyed && cut.cut, "{cut:?}");
+    exact(&out, &moved, "cut without the cost model");
+}
+
+#[test]
 fn delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error() {
     let mut r = rng("delta_conv_with_theta_zero_tracks_the_dense_conv_and_theta_bounds_the_error");
     let conv = |strides, pads, dilations, group| Conv2d { strides, pads, dilations, group, ..Conv2d::default() };

@@ -270,6 +270,10 @@ pub struct DeltaConv2d {
     /// Scan on every step, even after the cost model chose dense (a layer that reads a camera:
     /// its scan is what sees a scene cut).
     scan_always: bool,
+    /// Set by [`DeltaConv2d::step_into`] around its step: a step the cost model runs dense
+    /// leaves the state alone and sets `dense_pending`, and step_into runs the plain conv.
+    defer_dense: bool,
+    dense_pending: bool,
     last: DeltaStep,
 }
 
@@ -423,6 +427,8 @@ impl DeltaConv2d {
             skip_scans: 0,
             cost_model: true,
             scan_always: false,
+            defer_dense: false,
+            dense_pending: false,
             last: DeltaStep::default(),
         })
     }
@@ -604,7 +610,14 @@ impl DeltaConv2d {
             self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
             return Ok(self.last);
         }
-        let step = self.step_bounded_in(x, max_fired, scratch)?;
+        self.defer_dense = true;
+        let step = self.step_bounded_in(x, max_fired, scratch);
+        self.defer_dense = false;
+        let step = step?;
+        if std::mem::take(&mut self.dense_pending) {
+            conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.fused, out)?;
+            return Ok(step);
+        }
         out.copy_from_slice(&self.out);
         Ok(step)
     }
@@ -662,15 +675,30 @@ impl DeltaConv2d {
             let xb = &x[b * c * hw..][..c * hw];
             let (firing, moved) = self.scan(b, xb, kern, threads);
             fired = fired.saturating_add(firing);
-            if fired > max_fired {
+            let over = fired > max_fired;
+            // Past the bound, a layer that reads a camera has seen a scene cut, and without
+            // the cost model the step is a keyframe. With it, a layer further in just runs
+            // dense: the bound is then one more way of saying the dense conv is cheaper.
+            if over && (self.scan_always || !self.cost_model) {
                 self.keyframe(x)?;
                 self.last.cut = true;
                 return Ok(self.last);
             }
-            let path = self.cheapest_path(moved, firing);
+            let path = if over { Path::Dense } else { self.cheapest_path(moved, firing) };
             if path == Path::Dense {
-                self.keyframe(x)?;
                 self.skip_scans = if self.scan_always { 0 } else { PROBE_EVERY - 1 };
+                if b == 0 && self.defer_dense && self.scan_always {
+                    // A layer that scans every step (it reads a camera) would otherwise pay for a
+                    // keyframe on every frame its input is noisy. Nothing has changed its state
+                    // yet, and the state is still exact (y is the conv of x_ref): the caller runs
+                    // the plain conv into its own buffer instead. The other layers do refresh
+                    // their state here, once per probe, so that after a change that then holds
+                    // still their next probe compares against the new input, not the old one.
+                    self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
+                    self.dense_pending = true;
+                    return Ok(self.last);
+                }
+                self.keyframe(x)?;
                 return Ok(self.last);
             }
             self.positions.clear();
