@@ -5,8 +5,9 @@
 //! Keyframes (every layer dense, states reset) come on the first frame, every
 //! `keyframe_interval` frames, and on scene cuts. A layer whose fired fraction passes
 //! `dense_above` runs dense for that frame (past that point the dense kernel is cheaper than the
-//! scatter); when that happens to a layer that reads a graph input, the frame is a scene cut and
-//! every later layer runs dense too.
+//! scatter), and with the cost model on, like any of its fallbacks, for the 7 after it as well;
+//! when that happens to a layer that reads a graph input, the frame is a scene cut and every
+//! later layer runs dense too.
 //!
 //! theta is per layer: the model's `delta.theta` metadata (written by `kestrel calibrate-delta`)
 //! gives a default and per-layer values; [`DeltaOptions`] can override both.
