@@ -1815,6 +1815,45 @@ fn with_the_cost_model_only_a_camera_layer_treats_its_bound_as_a_cut_and_it_keep
     let settled = inner.step_into(&moved, bound, &mut scratch, &mut out).unwrap();
     assert!(!settled.keyed && settled.fired == 0, "{steps:?} then {settled:?}");
     exact(&out, &moved, "settled");
+    // Each fallback in a row doubles the steps to the next probe, up to the cap; a step in
+    // delta brings the interval back. A fallback refreshes the state, so the steps where the
+    // reference input becomes the frame are the probes (three frames in turn: each differs
+    // from the last probe's).
+    let other: Vec<f32> = x0.iter().map(|v| v - 0.1 * r.normal()).collect();
+    let frames = [&moved, &other, &x0];
+    let mut backoff = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
+    backoff.keyframe(&x0).unwrap();
+    let (first, cap) = (probe, ops::DELTA_PROBE_EVERY_MAX as usize);
+    let mut probes = Vec::new();
+    let mut run = |k: usize, x: &[f32], backoff: &mut ops::DeltaConv2d, probes: &mut Vec<usize>| {
+        let before = backoff.reference_input() == x;
+        let step = backoff.step_into(x, bound, &mut scratch, &mut out).unwrap();
+        exact(&out, x, "backing off");
+        if !before && backoff.reference_input() == x {
+            probes.push(k);
+        }
+        step
+    };
+    let mut expected = vec![0];
+    while expected.len() < 6 {
+        let last = *expected.last().unwrap();
+        expected.push(last + (first << (expected.len() - 1)).min(cap));
+    }
+    for k in 0..=*expected.last().unwrap() {
+        run(k, frames[k % 3], &mut backoff, &mut probes);
+    }
+    assert_eq!(probes, expected, "intervals {first}, doubling up to {cap}");
+    // The same frame until the next probe: it runs in delta, and the interval starts over.
+    let settle = expected[5] + cap;
+    let still = frames[expected[5] % 3];
+    for k in expected[5] + 1..=settle {
+        let step = run(k, still, &mut backoff, &mut probes);
+        assert_eq!(step.keyed, k < settle, "step {k}: {step:?}");
+    }
+    for k in settle + 1..=settle + 1 + first {
+        run(k, if k == settle + 1 { &moved } else { &x0 }, &mut backoff, &mut probes);
+    }
+    assert_eq!(&probes[6..], &[settle + 1, settle + 1 + first], "after a step in delta");
     // A camera layer: past its bound is a scene cut, a keyframe of the new frame.
     let mut camera = ops::DeltaConv2d::new(&xs, &w, &ws, Some(&b), &p, 0.0).unwrap();
     camera.set_scan_always(true);

@@ -274,15 +274,24 @@ pub struct DeltaConv2d {
     /// leaves the state alone and sets `dense_pending`, and step_into runs the plain conv.
     defer_dense: bool,
     dense_pending: bool,
+    /// Steps from one probe to the next while the cost model keeps choosing dense.
+    probe_every: u32,
     last: DeltaStep,
 }
 
 /// After the cost model picks the dense conv, the next this-many-minus-one steps run the plain
 /// conv (activation fused, no scan, the state left alone): a layer whose input is noisy stays
 /// noisy for a while, and a fallback that has paid for its scan and the state's upkeep costs up
-/// to half as much again as the plain conv (`cargo bench --bench delta`). The step after them scans against the state the fallback
-/// left, which is still exact (y is the conv of x_ref), and decides again.
+/// to half as much again as the plain conv (`cargo bench --bench delta`). The step after them
+/// scans against the state the fallback left, which is still exact (y is the conv of x_ref), and
+/// decides again. Each fallback in a row doubles the interval, up to [`PROBE_EVERY_MAX`]; a step
+/// that runs in delta, or a reset, brings it back to this.
 pub const PROBE_EVERY: u32 = 8;
+
+/// The longest interval between probes of a layer that keeps choosing dense: a layer that could
+/// run in delta again waits at most this many steps (about 2 s at 30 frames a second), and by
+/// then the probes cost an eighth of what they did at [`PROBE_EVERY`].
+pub const PROBE_EVERY_MAX: u32 = 64;
 
 /// Per-thread scratch of the delta conv's one-group path: the moved positions of one residue
 /// class, the dx rows of one chunk of them in the GEMM kernel's packed layout ([CHUNK, C]),
@@ -429,6 +438,7 @@ impl DeltaConv2d {
             scan_always: false,
             defer_dense: false,
             dense_pending: false,
+            probe_every: PROBE_EVERY,
             last: DeltaStep::default(),
         })
     }
@@ -489,6 +499,7 @@ impl DeltaConv2d {
     pub fn set_cost_model(&mut self, on: bool) {
         self.cost_model = on;
         self.skip_scans = 0;
+        self.probe_every = PROBE_EVERY;
     }
 
     /// Whether every step scans its input, even after the cost model chose dense (off by
@@ -496,12 +507,14 @@ impl DeltaConv2d {
     pub fn set_scan_always(&mut self, on: bool) {
         self.scan_always = on;
         self.skip_scans = 0;
+        self.probe_every = PROBE_EVERY;
     }
 
     /// Forgets the state: the next step is a keyframe.
     pub fn reset(&mut self) {
         self.keyed = false;
         self.skip_scans = 0;
+        self.probe_every = PROBE_EVERY;
     }
 
     /// The dense conv of `x`; both states restart from it.
@@ -686,7 +699,8 @@ impl DeltaConv2d {
             }
             let path = if over { Path::Dense } else { self.cheapest_path(moved, firing) };
             if path == Path::Dense {
-                self.skip_scans = if self.scan_always { 0 } else { PROBE_EVERY - 1 };
+                self.skip_scans = if self.scan_always { 0 } else { self.probe_every - 1 };
+                self.probe_every = (self.probe_every * 2).min(PROBE_EVERY_MAX);
                 if b == 0 && self.defer_dense && self.scan_always {
                     // A layer that scans every step (it reads a camera) would otherwise pay for a
                     // keyframe on every frame its input is noisy. Nothing has changed its state
@@ -701,6 +715,7 @@ impl DeltaConv2d {
                 self.keyframe(x)?;
                 return Ok(self.last);
             }
+            self.probe_every = PROBE_EVERY;
             self.positions.clear();
             self.positions.extend(self.moved.iter().enumerate().filter(|(_, &v)| v != 0).map(|(p, _)| p as u32));
             self.position_major_y(transpose);

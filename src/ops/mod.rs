@@ -57,7 +57,10 @@ pub use activation::{
 pub(crate) use attention::dims as attention_dims;
 pub use attention::{linear_attention, softmax_attention, CARE_EPSILON};
 pub use conv::{conv2d, conv2d_output_shape, conv2d_packed, Conv2d, PackedConvWeights};
-pub use delta::{DeltaConv2d, DeltaLinear, DeltaScratch, DeltaStep, PROBE_EVERY as DELTA_PROBE_EVERY};
+pub use delta::{
+    DeltaConv2d, DeltaLinear, DeltaScratch, DeltaStep, PROBE_EVERY as DELTA_PROBE_EVERY,
+    PROBE_EVERY_MAX as DELTA_PROBE_EVERY_MAX,
+};
 pub use elementwise::{add, binary, div, mul, sub, BinaryOp};
 pub use gemm::{force_kernel, kernel_name, Kernel as CpuKernel};
 pub use matmul::{linear, matmul, matmul_output_shape};
