@@ -215,6 +215,16 @@ enum Path {
     Dense,
 }
 
+/// Where a delta conv step's output went.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ran {
+    /// Into the layer's own output, its state up to date.
+    Here,
+    /// Nowhere yet: the cost model chose dense for a camera layer and left its state alone, and
+    /// the caller runs the plain conv into its own buffer.
+    Deferred,
+}
+
 /// One conv layer's delta state.
 #[derive(Clone, Debug)]
 pub struct DeltaConv2d {
@@ -270,10 +280,6 @@ pub struct DeltaConv2d {
     /// Scan on every step, even after the cost model chose dense (a layer that reads a camera:
     /// its scan is what sees a scene cut).
     scan_always: bool,
-    /// Set by [`DeltaConv2d::step_into`] around its step: a step the cost model runs dense
-    /// leaves the state alone and sets `dense_pending`, and step_into runs the plain conv.
-    defer_dense: bool,
-    dense_pending: bool,
     /// Steps from one probe to the next while the cost model keeps choosing dense.
     probe_every: u32,
     last: DeltaStep,
@@ -436,8 +442,6 @@ impl DeltaConv2d {
             skip_scans: 0,
             cost_model: true,
             scan_always: false,
-            defer_dense: false,
-            dense_pending: false,
             probe_every: PROBE_EVERY,
             last: DeltaStep::default(),
         })
@@ -576,16 +580,31 @@ impl DeltaConv2d {
     /// [`DeltaConv2d::step_bounded`] with scratch shared between layers (fitted to this one with
     /// [`DeltaScratch::fit`]; a scratch that does not fit is an error, never a reallocation).
     pub fn step_bounded_in(&mut self, x: &[f32], max_fired: usize, scratch: &mut DeltaScratch) -> Result<DeltaStep> {
+        // Standalone, the layer's own output is the result, so a dense step must be a keyframe.
+        let (step, ran) = self.step_scanned(x, max_fired, scratch, false)?;
+        debug_assert!(ran == Ran::Here);
+        Ok(step)
+    }
+
+    /// The step behind [`DeltaConv2d::step_bounded_in`] and [`DeltaConv2d::step_into`]. With
+    /// `may_defer`, a camera layer whose cost model chooses dense leaves its state alone and
+    /// returns [`Ran::Deferred`]: the caller runs the plain conv into its own buffer.
+    fn step_scanned(
+        &mut self,
+        x: &[f32],
+        max_fired: usize,
+        scratch: &mut DeltaScratch,
+        may_defer: bool,
+    ) -> Result<(DeltaStep, Ran)> {
         if !self.keyed {
             self.keyframe(x)?;
-            return Ok(self.last);
+            return Ok((self.last, Ran::Here));
         }
         if self.skip_scans > 0 {
-            // Standalone, the layer's own output is the result, so the dense step is a keyframe
-            // ([`DeltaConv2d::step_into`] skips the state's upkeep instead).
+            // [`DeltaConv2d::step_into`] runs these steps as the plain conv before calling here.
             self.skip_scans -= 1;
             self.keyframe(x)?;
-            return Ok(self.last);
+            return Ok((self.last, Ran::Here));
         }
         check_len("delta_conv2d", "input", x.len(), &self.x_shape)?;
         self.check_scratch(scratch)?;
@@ -601,7 +620,7 @@ impl DeltaConv2d {
             lane.macs = 0;
         }
         let DeltaScratch { lanes, transpose } = scratch;
-        self.step_moved(x, max_fired, kern, lanes, transpose)
+        self.step_moved(x, max_fired, kern, lanes, transpose, may_defer)
     }
 
     /// [`DeltaConv2d::step_bounded_in`], the output written to `out` ([N, M, OH, OW]). A step the
@@ -623,15 +642,11 @@ impl DeltaConv2d {
             self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
             return Ok(self.last);
         }
-        self.defer_dense = true;
-        let step = self.step_bounded_in(x, max_fired, scratch);
-        self.defer_dense = false;
-        let step = step?;
-        if std::mem::take(&mut self.dense_pending) {
-            conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.fused, out)?;
-            return Ok(step);
+        let (step, ran) = self.step_scanned(x, max_fired, scratch, true)?;
+        match ran {
+            Ran::Deferred => conv2d_packed(x, &self.x_shape, &self.packed, self.bias.as_deref(), &self.fused, out)?,
+            Ran::Here => out.copy_from_slice(&self.out),
         }
-        out.copy_from_slice(&self.out);
         Ok(step)
     }
 
@@ -677,7 +692,8 @@ impl DeltaConv2d {
         kern: Kernel,
         lanes: &mut [Lane],
         transpose: &mut [f32],
-    ) -> Result<DeltaStep> {
+        may_defer: bool,
+    ) -> Result<(DeltaStep, Ran)> {
         let [n, c, h, w] = self.x_shape;
         let m = self.w_shape[0];
         let [_, _, oh, ow] = self.out_shape;
@@ -695,13 +711,13 @@ impl DeltaConv2d {
             if over && (self.scan_always || !self.cost_model) {
                 self.keyframe(x)?;
                 self.last.cut = true;
-                return Ok(self.last);
+                return Ok((self.last, Ran::Here));
             }
             let path = if over { Path::Dense } else { self.cheapest_path(moved, firing) };
             if path == Path::Dense {
                 self.skip_scans = if self.scan_always { 0 } else { self.probe_every - 1 };
                 self.probe_every = (self.probe_every * 2).min(PROBE_EVERY_MAX);
-                if b == 0 && self.defer_dense && self.scan_always {
+                if b == 0 && may_defer && self.scan_always {
                     // A layer that scans every step (it reads a camera) would otherwise pay for a
                     // keyframe on every frame its input is noisy. Nothing has changed its state
                     // yet, and the state is still exact (y is the conv of x_ref): the caller runs
@@ -709,11 +725,10 @@ impl DeltaConv2d {
                     // their state here, once per probe, so that after a change that then holds
                     // still their next probe compares against the new input, not the old one.
                     self.last = DeltaStep { fired: x.len(), macs: self.dense_macs(), keyed: true, cut: false };
-                    self.dense_pending = true;
-                    return Ok(self.last);
+                    return Ok((self.last, Ran::Deferred));
                 }
                 self.keyframe(x)?;
-                return Ok(self.last);
+                return Ok((self.last, Ran::Here));
             }
             self.probe_every = PROBE_EVERY;
             self.positions.clear();
@@ -773,7 +788,7 @@ impl DeltaConv2d {
         // Every fired entry was counted by the scan (the passes after it use each once).
         macs += lanes.iter().map(|l| l.macs).sum::<u64>();
         self.last = DeltaStep { fired, macs, keyed: false, cut: false };
-        Ok(self.last)
+        Ok((self.last, Ran::Here))
     }
 
     /// The cheapest way to add `firing` fired entries at `moved` positions of one image, by the
