@@ -280,7 +280,6 @@ class DeltaRobust:
         self.t, self.t_camera = float(kv["t"]), float(kv["t_camera"])
         self.exact_below = float(kv.get("exact_below", 0.002))
         self.p = float(kv.get("p", 0.5))
-        self.active = True
         camera = {id(b.stem[0].conv) for b in (getattr(model, "rgb", None), getattr(model, "ir", None)) if b is not None}
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
         macs = {}
@@ -302,11 +301,11 @@ class DeltaRobust:
             if macs.get(id(m), 0) / total < self.exact_below:
                 continue
             mult = self.t_camera if id(m) in camera else self.t
-            m.register_forward_pre_hook(lambda mod, args, mult=mult: self.perturb(args, mult))
+            m.register_forward_pre_hook(lambda mod, args, mult=mult: self.perturb(mod, args, mult))
             self.layers += 1
 
-    def perturb(self, args, mult):
-        if not (self.active and torch.is_grad_enabled()):
+    def perturb(self, conv, args, mult):
+        if not conv.training:
             return None
         x = args[0]
         with torch.no_grad():
@@ -316,7 +315,6 @@ class DeltaRobust:
             scale = torch.rand(x.shape[0], 1, 1, 1) * (torch.rand(x.shape[0], 1, 1, 1) < self.p)
             noise = (2 * torch.rand_like(x) - 1) * theta * scale
         return (x + noise,) + tuple(args[1:])
-
 
 
 def train(args):
