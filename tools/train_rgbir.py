@@ -277,8 +277,8 @@ class DeltaRobust:
 
     def __init__(self, model, spec, imgsz):
         kv = dict(part.split("=") for part in spec.split())
-        self.t, self.t_camera = float(kv["t"]), float(kv["t_camera"])
-        self.exact_below = float(kv.get("exact_below", 0.002))
+        t, t_camera = float(kv["t"]), float(kv["t_camera"])
+        exact_below = float(kv.get("exact_below", 0.002))
         self.p = float(kv.get("p", 0.5))
         camera = {id(b.stem[0].conv) for b in (getattr(model, "rgb", None), getattr(model, "ir", None)) if b is not None}
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
@@ -298,9 +298,9 @@ class DeltaRobust:
         total = sum(macs.values())
         self.layers = 0
         for m in convs:
-            if macs.get(id(m), 0) / total < self.exact_below:
+            if macs.get(id(m), 0) / total < exact_below:
                 continue
-            mult = self.t_camera if id(m) in camera else self.t
+            mult = t_camera if id(m) in camera else t
             m.register_forward_pre_hook(lambda mod, args, mult=mult: self.perturb(mod, args, mult))
             self.layers += 1
 
