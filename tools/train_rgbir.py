@@ -28,6 +28,8 @@ Inputs are letterboxed to --imgsz (grey 114 padding, /255), as `kestrel detect` 
   python tools/train_rgbir.py export --checkpoint /tmp/rgbir-fused/model.pt --out /tmp/rgbir-fused/model.onnx
   python tools/train_rgbir.py train --data /tmp/synth-train --modality fused-care --imgsz 192 \
       --epochs 10 --minutes 60 --out /tmp/rgbir-care
+  python tools/train_rgbir.py train --data /tmp/synth-train --modality fused --imgsz 192 --epochs 10 \
+      --minutes 45 --delta-temporal "t=0.2 t_camera=0.1 lam=1" --sequence /tmp/synth-seq --out /tmp/rgbir-temporal
 """
 
 import argparse
@@ -258,6 +260,39 @@ def inputs_for(model, x_rgb, x_ir):
 # ------------------------------------------------------------------------------------------ train
 
 
+def thresholded_convs(model, imgsz, exact_below):
+    """The convs delta mode thresholds, as (conv, reads_a_camera, share of the dense MACs).
+
+    The runtime keeps the layers under `exact_below` of the dense MACs exact (`--exact-below`);
+    the camera stems get the camera multiplier (t_camera).
+    """
+    camera = {id(b.stem[0].conv) for b in (getattr(model, "rgb", None), getattr(model, "ir", None)) if b is not None}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    macs = {}
+
+    def count(m, inputs, output):
+        macs[id(m)] = output.numel() * m.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in convs]
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()
+        model(*(torch.zeros(1, {"rgb": 3, "ir": 1}[n], imgsz, imgsz) for n in INPUTS[model.modality]))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    total = sum(macs.values())
+    return [(m, id(m) in camera, macs[id(m)] / total) for m in convs if macs.get(id(m), 0) / total >= exact_below]
+
+
+def channel_theta(x, mult):
+    """Delta mode's scene-relative theta per (sample, channel): mult times the channel's RMS over
+    the map, floored at a tenth of the layer's RMS (`exec::delta`, scene-relative thresholds)."""
+    ms = x.pow(2).mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
+    layer_rms = ms.mean(dim=1, keepdim=True).sqrt()
+    return torch.maximum(ms.sqrt(), 0.1 * layer_rms) * mult
+
+
 class DeltaRobust:
     """Training-time stand-in for delta mode's thresholds (PAPERS.md section 2, `exec::delta`).
 
@@ -278,43 +313,103 @@ class DeltaRobust:
     def __init__(self, model, spec, imgsz):
         kv = dict(part.split("=") for part in spec.split())
         t, t_camera = float(kv["t"]), float(kv["t_camera"])
-        exact_below = float(kv.get("exact_below", 0.002))
         self.p = float(kv.get("p", 0.5))
-        camera = {id(b.stem[0].conv) for b in (getattr(model, "rgb", None), getattr(model, "ir", None)) if b is not None}
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
-        macs = {}
-
-        def count(m, inputs, output):
-            macs[id(m)] = output.numel() * m.weight[0].numel()
-
-        handles = [m.register_forward_hook(count) for m in convs]
-        with torch.no_grad():
-            names = INPUTS[model.modality]
-            model.eval()
-            model(*(torch.zeros(1, {"rgb": 3, "ir": 1}[n], imgsz, imgsz) for n in names))
-            model.train()
-        for h in handles:
-            h.remove()
-        total = sum(macs.values())
-        self.layers = 0
-        for m in convs:
-            if macs.get(id(m), 0) / total < exact_below:
-                continue
-            mult = t_camera if id(m) in camera else t
+        layers = thresholded_convs(model, imgsz, float(kv.get("exact_below", 0.002)))
+        for m, camera, _ in layers:
+            mult = t_camera if camera else t
             m.register_forward_pre_hook(lambda mod, args, mult=mult: self.perturb(mod, args, mult))
-            self.layers += 1
+        self.layers = len(layers)
 
     def perturb(self, conv, args, mult):
         if not conv.training:
             return None
         x = args[0]
         with torch.no_grad():
-            ms = x.pow(2).mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
-            layer_rms = ms.mean(dim=1, keepdim=True).sqrt()
-            theta = torch.maximum(ms.sqrt(), 0.1 * layer_rms) * mult
+            theta = channel_theta(x, mult)
             scale = torch.rand(x.shape[0], 1, 1, 1) * (torch.rand(x.shape[0], 1, 1, 1) < self.p)
             noise = (2 * torch.rand_like(x) - 1) * theta * scale
         return (x + noise,) + tuple(args[1:])
+
+
+class DeltaTemporal:
+    """Trains for delta mode over consecutive frames of `kestrel synth --sequence` clips, after the
+    Delta Activation Layer's recipe (PAPERS.md section 2): the forward pass simulates delta mode,
+    and a sparsity loss on the frame-to-frame change of every thresholded conv's input teaches the
+    network to hold its features still where the scene is still (sensor noise, flicker) so that
+    fewer entries pass the thresholds.
+
+    Each step takes pairs (a, b) of frames `gap` = 1..max_gap apart in one clip, flipped alike,
+    through one batched forward. At every conv delta mode thresholds (`thresholded_convs`), frame
+    a's half is the keyframe and passes as it is; frame b's half sees what delta mode would hand the
+    conv: its own entry where |b - a| >= theta (fired), frame a's where not (the held reference),
+    with theta from frame a as the runtime takes it from the keyframe. The detection loss on both
+    halves then trains accuracy under that error, and
+
+        sparsity = sum over layers of share_l * mean(|b - a| / theta_l)
+
+    (share_l: the layer's part of the dense MACs, so the loss weighs entries by the work they cost;
+    theta is not detached, so shrinking a layer's scale does not lower it) is added times `lam`
+    times the batch size, the DAL's L1 on the deltas.
+
+    Measured (README.md, "Video: delta mode"), at t=0.2 t_camera=0.1 with 1800 static-camera
+    sequence frames: at a given threshold the trained models save about twice the MACs of the
+    shipped one, but they lose 2 to 3 points of dense mAP@0.5 on the held-out stills, so no model
+    of it ships.
+    """
+
+    def __init__(self, model, spec, imgsz):
+        kv = dict(part.split("=") for part in spec.split())
+        self.t, self.t_camera = float(kv["t"]), float(kv["t_camera"])
+        self.lam = float(kv.get("lam", 1.0))
+        self.max_gap = int(kv.get("max_gap", 3))
+        self.clip = int(kv.get("clip", 30))
+        self.pairs = int(kv.get("pairs", 8))
+        self.active = False
+        # Per pair step: the sparsity sum (a tensor, for the gradient) and the MAC-weighted
+        # fraction of frame b's entries that fired (for the log).
+        self.sparsity, self.fired = torch.zeros(()), 0.0
+        layers = thresholded_convs(model, imgsz, float(kv.get("exact_below", 0.002)))
+        for m, camera, share in layers:
+            mult = self.t_camera if camera else self.t
+            m.register_forward_pre_hook(lambda mod, args, mult=mult, share=share: self.simulate(args, mult, share))
+        self.layers = len(layers)
+
+    def sample(self, n_frames, rng):
+        """Indices (a, b) of `self.pairs` frame pairs, each inside one clip, b after a. The frames,
+        sorted by name, come clip after clip (`synth` names them c{clip}_f{frame})."""
+        gap = rng.integers(1, self.max_gap + 1, self.pairs)
+        clips = n_frames // self.clip
+        clip = rng.integers(0, clips, self.pairs)
+        a = clip * self.clip + (rng.integers(0, self.clip - gap))
+        return a, a + gap
+
+    def simulate(self, args, mult, share):
+        if not self.active:
+            return None
+        x = args[0]
+        a, b = x.chunk(2)
+        theta = channel_theta(a, mult)
+        d = b - a
+        ratio = d.abs() / theta
+        fired = ratio >= 1.0
+        self.sparsity = self.sparsity + share * ratio.mean()
+        self.fired += share * fired.float().mean().item()
+        return (torch.cat([a, torch.where(fired, b, a)]),) + tuple(args[1:])
+
+    def loss(self, model, loss_fn, seq, rng):
+        """The pair step's loss: detection on both frames under delta mode plus the sparsity term."""
+        rgb, ir, labels = seq
+        a, b = self.sample(len(labels), rng)
+        flip = rng.random(self.pairs) < 0.5
+        x_rgb, x_ir, batch = batch_tensors(rgb, ir, labels, np.concatenate([a, b]), np.concatenate([flip, flip]))
+        self.active, self.sparsity, self.fired = True, torch.zeros(()), 0.0
+        try:
+            preds = model(*inputs_for(model, x_rgb, x_ir))
+        finally:
+            self.active = False
+        det, _ = loss_fn(preds, batch)
+        sparsity = self.lam * 2 * self.pairs * self.sparsity
+        return det.sum() + sparsity, float(sparsity.detach()), self.fired
 
 
 def train(args):
@@ -332,6 +427,13 @@ def train(args):
     if args.delta_robust:
         robust = DeltaRobust(model, args.delta_robust, args.imgsz)
         print(f"delta-robust training: noise at the inputs of {robust.layers} convs", flush=True)
+    temporal = None
+    if args.delta_temporal:
+        if not args.sequence:
+            raise SystemExit("--delta-temporal needs --sequence DIR (kestrel synth --sequence N frames)")
+        temporal = DeltaTemporal(model, args.delta_temporal, args.imgsz)
+        seq = load_split(args.sequence, args.imgsz)
+        print(f"delta-temporal training: {temporal.layers} convs, {len(seq[2])} sequence frames", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(labels) / args.batch)
     total = steps_per_epoch * args.epochs
@@ -343,14 +445,19 @@ def train(args):
     done = False
     for epoch in range(args.epochs):
         order = rng.permutation(len(labels))
-        running = []
+        running, temporal_stats = [], []
         for b in range(steps_per_epoch):
             idx = order[b * args.batch:(b + 1) * args.batch]
             x_rgb, x_ir, batch = batch_tensors(rgb, ir, labels, idx, rng.random(len(idx)) < 0.5)
             preds = model(*inputs_for(model, x_rgb, x_ir))
             loss, items = loss_fn(preds, batch)
+            loss = loss.sum()
+            if temporal:
+                pair_loss, sparsity, fired = temporal.loss(model, loss_fn, seq, rng)
+                loss = loss + pair_loss
+                temporal_stats.append((sparsity, fired))
             opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             sched.step()
@@ -361,6 +468,9 @@ def train(args):
                 break
         mean = np.mean(running, 0).tolist()
         history.append({"epoch": epoch, "loss_box_cls_dfl": mean, "minutes": (time.time() - start) / 60})
+        if temporal_stats:
+            # The sparsity loss and the MAC-weighted fired fraction of the delta-mode frames.
+            history[-1]["sparsity_fired"] = np.mean(temporal_stats, 0).tolist()
         print(json.dumps(history[-1]), flush=True)
         if done:
             break
@@ -368,7 +478,8 @@ def train(args):
     (out / "train.json").write_text(json.dumps({
         "modality": args.modality, "params": params, "pairs": len(labels), "imgsz": args.imgsz, "epochs_run": len(history),
         "steps": step, "batch": args.batch, "lr": args.lr, "seed": args.seed, "minutes": (time.time() - start) / 60,
-        "threads": args.threads, "delta_robust": args.delta_robust, "data": str(args.data), "history": history, "torch": torch.__version__}, indent=1))
+        "threads": args.threads, "delta_robust": args.delta_robust,
+        "delta_temporal": args.delta_temporal, "sequence": args.sequence, "data": str(args.data), "history": history, "torch": torch.__version__}, indent=1))
     print(f"saved {out / 'model.pt'} ({params} parameters)")
 
 
@@ -428,6 +539,10 @@ def main():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--delta-robust", metavar="SPEC",
                    help="train for delta mode: 't=0.25 t_camera=0.12 [exact_below=0.002] [p=0.5]' (see DeltaRobust)")
+    t.add_argument("--delta-temporal", metavar="SPEC",
+                   help="train for delta mode over frame pairs of --sequence: 't=0.15 t_camera=0.07 [lam=1] "
+                        "[max_gap=3] [clip=30] [pairs=8] [exact_below=0.002]' (see DeltaTemporal)")
+    t.add_argument("--sequence", help="a `kestrel synth --sequence` folder for --delta-temporal")
     t.add_argument("--out", required=True)
     e = sub.add_parser("export")
     e.add_argument("--checkpoint", required=True)
