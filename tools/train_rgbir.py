@@ -354,7 +354,8 @@ class DeltaTemporal:
     Measured (README.md, "Video: delta mode"), at t=0.2 t_camera=0.1 with 1800 static-camera
     sequence frames: at a given threshold the models trained with lam=1 and 4 save about twice the
     MACs of the shipped one, but they lose 2 to 3 points of dense mAP@0.5 on the held-out stills;
-    with lam=0 (the simulation alone) the saving is the shipped model's. No model of it ships.
+    with lam=0 (the simulation alone) the saving is the shipped model's, and with sim=0 (the loss
+    alone) the dense loss is no smaller. No model of it ships.
     """
 
     def __init__(self, model, spec, imgsz):
@@ -364,6 +365,8 @@ class DeltaTemporal:
         self.max_gap = int(kv.get("max_gap", 3))
         self.clip = int(kv.get("clip", 30))
         self.pairs = int(kv.get("pairs", 8))
+        # sim=0: frame b passes as it is (the sparsity loss alone, without delta mode's error).
+        self.sim = kv.get("sim", "1") != "0"
         self.active = False
         # Per pair step: the sparsity sum (a tensor, for the gradient) and the MAC-weighted
         # fraction of frame b's entries that fired (for the log).
@@ -394,6 +397,8 @@ class DeltaTemporal:
         fired = ratio >= 1.0
         self.sparsity = self.sparsity + share * ratio.mean()
         self.fired += share * fired.float().mean().item()
+        if not self.sim:
+            return None
         return (torch.cat([a, torch.where(fired, b, a)]),) + tuple(args[1:])
 
     def loss(self, model, loss_fn, seq, rng):
@@ -543,7 +548,7 @@ def main():
                    help="train for delta mode: 't=0.25 t_camera=0.12 [exact_below=0.002] [p=0.5]' (see DeltaRobust)")
     t.add_argument("--delta-temporal", metavar="SPEC",
                    help="train for delta mode over frame pairs of --sequence: 't=0.2 t_camera=0.1 [lam=1] "
-                        "[max_gap=3] [clip=30] [pairs=8] [exact_below=0.002]' (see DeltaTemporal)")
+                        "[max_gap=3] [clip=30] [pairs=8] [sim=1] [exact_below=0.002]' (see DeltaTemporal)")
     t.add_argument("--sequence", help="a `kestrel synth --sequence` folder for --delta-temporal")
     t.add_argument("--out", required=True)
     e = sub.add_parser("export")
