@@ -402,7 +402,8 @@ class DeltaTemporal:
         return (torch.cat([a, torch.where(fired, b, a)]),) + tuple(args[1:])
 
     def loss(self, model, loss_fn, seq, rng):
-        """The pair step's loss: detection on both frames under delta mode plus the sparsity term."""
+        """The pair step's loss: detection on both frames (b under delta mode unless sim=0) plus the
+        sparsity term."""
         rgb, ir, labels = seq
         a, b = self.sample(len(labels), rng)
         flip = rng.random(self.pairs) < 0.5
